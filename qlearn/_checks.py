@@ -1,0 +1,79 @@
+"""Input checks shared by every module.
+
+Each check raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (right kind, bad
+value) with a sentence a learner can act on: what was wrong, and what is allowed.
+Nothing here is an ``assert``: asserts vanish under ``python -O``.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+BITS_MIN, BITS_MAX = 2, 16
+
+
+def as_float_array(x: Any, name: str = "x", *, allow_empty: bool = False) -> np.ndarray:
+    """Return ``x`` as a float64 array, refusing non-numeric data, NaN/inf and (by default) emptiness."""
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be numbers (a number, list or numpy array), got a string {x!r}")
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} could not be read as a numeric array: {exc}") from None
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.number)):
+        raise TypeError(
+            f"{name} must hold real numbers (int or float dtype), got dtype {arr.dtype}"
+        )
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(f"{name} must hold real numbers, got complex dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if arr.size == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty: a range needs at least one value")
+    if not np.all(np.isfinite(arr)):
+        bad = "NaN" if np.isnan(arr).any() else "inf"
+        raise ValueError(
+            f"{name} contains {bad}; quantization needs finite values "
+            "(look for a division by zero or an exploding activation upstream)"
+        )
+    return arr
+
+
+def check_bits(bits: Any, name: str = "bits") -> int:
+    """Bit widths are Python/numpy integers in [2, 16]."""
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+        raise TypeError(f"{name} must be an integer between {BITS_MIN} and {BITS_MAX}, got {bits!r}")
+    bits = int(bits)
+    if not BITS_MIN <= bits <= BITS_MAX:
+        raise ValueError(f"{name} must be between {BITS_MIN} and {BITS_MAX}, got {bits}")
+    return bits
+
+
+def check_axis(axis: Any, ndim: int, name: str = "axis") -> int | None:
+    """``None`` (per-tensor) or an existing axis of an ``ndim``-dimensional array (negative allowed)."""
+    if axis is None:
+        return None
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be None (per-tensor) or an integer axis, got {axis!r}")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{name}={axis} does not exist for an array with {ndim} dimension(s); "
+            f"allowed: {-ndim}..{ndim - 1} or None"
+        )
+    return axis % ndim
+
+
+def check_integer_array(x: Any, name: str = "x") -> np.ndarray:
+    """Integer kernels take integer arrays only (int8/uint8/int32/int64 ...); floats are a ``TypeError``."""
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        return np.asarray(x, dtype=np.int64)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy integer array, got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(
+            f"{name} must be an integer array (e.g. int8, uint8, int32), got dtype {x.dtype}; "
+            "quantize real values first with qlearn.quantize"
+        )
+    return x

@@ -1,0 +1,154 @@
+"""Range setting: which real interval [lo, hi] should the grid cover?
+
+Every estimator returns ``(lo, hi)``: Python floats per-tensor (``axis=None``), or two (C,) float64
+arrays when ``axis`` names the channel axis (one range per channel, reducing over all other axes).
+
+- ``minmax_range``:     lo = min(x), hi = max(x). No clipping, but one outlier stretches the grid
+                        for everybody (the paper's weights, Sec. 3, and its warning about outliers).
+- ``percentile_range``: lo, hi = the (100 - p)-th and p-th percentiles. Clips the tails.
+- ``mse_range``:        the range [alpha lo, alpha hi] (0 < alpha <= 1) whose fake-quantization MSE
+                        is smallest (Eq. 15): the balance of rounding and clipping error.
+- ``EMARange``:         exponential moving average of per-batch min/max (Eq. 16), the paper's
+                        activation ranges during training (Sec. 3, "learning quantization ranges").
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from qlearn._checks import as_float_array, check_axis, check_bits
+from qlearn.qparams import integer_limits
+
+
+def _channels_first(x: np.ndarray, axis: int | None) -> np.ndarray:
+    """(C, M) view with the channel axis first, or (1, N) for per-tensor."""
+    if axis is None:
+        return x.reshape(1, -1)
+    return np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+
+
+def _out(lo: np.ndarray, hi: np.ndarray, axis: int | None) -> tuple[Any, Any]:
+    if axis is None:
+        return float(lo[0]), float(hi[0])
+    return lo, hi
+
+
+def _prepare(x: Any, axis: Any) -> tuple[np.ndarray, int | None]:
+    arr = as_float_array(x, "x")
+    ax = check_axis(axis, arr.ndim)
+    if ax is not None and arr.shape[ax] == 0:
+        raise ValueError("x has no channels along the requested axis")
+    if ax is not None and arr.size // arr.shape[ax] == 0:
+        raise ValueError("each channel of x is empty: a range needs at least one value per channel")
+    return arr, ax
+
+
+def minmax_range(x: Any, axis: int | None = None) -> tuple[Any, Any]:
+    """(min(x), max(x)), per tensor or per channel along ``axis`` (Eq. 13)."""
+    arr, ax = _prepare(x, axis)
+    flat = _channels_first(arr, ax)  # (C, M)
+    return _out(flat.min(axis=1), flat.max(axis=1), ax)
+
+
+def percentile_range(x: Any, pct: float, axis: int | None = None) -> tuple[Any, Any]:
+    """((100 - pct)-th percentile, pct-th percentile) of x; pct in [50, 100] (pct = 100 is min/max)."""
+    if isinstance(pct, bool) or not isinstance(pct, numbers.Real):
+        raise TypeError(f"pct must be a number between 50 and 100, got {pct!r}")
+    if not 50.0 <= float(pct) <= 100.0 or not np.isfinite(pct):
+        raise ValueError(f"pct must be between 50 and 100 (e.g. 99.9), got {pct}")
+    arr, ax = _prepare(x, axis)
+    flat = _channels_first(arr, ax)
+    lo, hi = np.percentile(flat, [100.0 - float(pct), float(pct)], axis=1)
+    return _out(lo, hi, ax)
+
+
+def mse_range(
+    x: Any,
+    bits: int,
+    axis: int | None = None,
+    *,
+    symmetric: bool = False,
+    signed: bool = False,
+    narrow_range: bool = False,
+    grid: int = 64,
+) -> tuple[Any, Any]:
+    """The clipping range that minimises the fake-quantization MSE (Eq. 15).
+
+    Candidates are the min/max range shrunk by alpha in (0, 1]: [alpha lo, alpha hi]. A coarse pass over
+    ``grid`` values of alpha is refined by a second pass of ``grid`` values around the best one, for
+    every channel at once. Parameters are nudged exactly as ``qparams_from_range`` does, so the
+    returned range gives the reported error when passed to it.
+    """
+    from qlearn.quantize import fake_quantize  # local: quantize imports nothing from here
+    from qlearn.qparams import qparams_from_range
+
+    bits = check_bits(bits)
+    if isinstance(grid, bool) or not isinstance(grid, numbers.Integral) or grid < 2:
+        raise ValueError(f"grid must be an integer >= 2, got {grid!r}")
+    arr, ax = _prepare(x, axis)
+    flat = _channels_first(arr, ax)  # (C, M) float64
+    lo0 = np.minimum(flat.min(axis=1), 0.0)
+    hi0 = np.maximum(flat.max(axis=1), 0.0)
+    integer_limits(bits, signed=signed, narrow_range=narrow_range)  # validates the flags' combination
+
+    def error_at(alpha: np.ndarray) -> np.ndarray:  # alpha (C,) -> mse (C,)
+        qp = qparams_from_range(
+            alpha * lo0, alpha * hi0, bits, symmetric=symmetric, signed=signed,
+            narrow_range=narrow_range, axis=0,
+        )
+        return np.mean((fake_quantize(flat, qp) - flat) ** 2, axis=1)
+
+    def search(alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # alphas (K, C)
+        errs = np.stack([error_at(a) for a in alphas])  # (K, C)
+        best = np.argmin(errs, axis=0)
+        return alphas[best, np.arange(flat.shape[0])], errs.min(axis=0)
+
+    C = flat.shape[0]
+    coarse = np.repeat(np.linspace(1.0 / grid, 1.0, grid)[:, None], C, axis=1)
+    best, _ = search(coarse)
+    step = 1.0 / grid
+    fine = np.clip(best[None, :] + np.linspace(-step, step, grid)[:, None], step / grid, 1.0)
+    best, _ = search(np.concatenate([fine, best[None, :]]))
+    return _out(best * lo0, best * hi0, ax)
+
+
+class EMARange:
+    """Activation ranges as the paper learns them (Sec. 3): an exponential moving average (Eq. 16)
+
+        lo <- decay * lo + (1 - decay) * min(batch),   hi <- decay * hi + (1 - decay) * max(batch)
+
+    The first batch initialises (lo, hi) to its own min/max. ``update(x)`` returns the new range;
+    ``axis`` gives per-channel ranges. Smoothing keeps the range from jumping with every batch,
+    which would make early activation quantization impossible (the seed's remark).
+    """
+
+    def __init__(self, decay: float = 0.999, axis: int | None = None) -> None:
+        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 <= float(decay) < 1.0:
+            raise ValueError(f"decay must be a number in [0, 1), e.g. 0.999, got {decay!r}")
+        self.decay = float(decay)
+        self.axis = axis
+        self.lo: Any = None
+        self.hi: Any = None
+        self.count = 0
+
+    def update(self, x: Any) -> tuple[Any, Any]:
+        lo_b, hi_b = minmax_range(x, self.axis)
+        if self.count == 0:
+            self.lo, self.hi = lo_b, hi_b
+        else:
+            d = self.decay
+            self.lo = d * self.lo + (1.0 - d) * lo_b
+            self.hi = d * self.hi + (1.0 - d) * hi_b
+        self.count += 1
+        return self.lo, self.hi
+
+    @property
+    def range(self) -> tuple[Any, Any]:
+        if self.count == 0:
+            raise ValueError("EMARange has seen no data yet: call update(x) with a batch first")
+        return self.lo, self.hi
+
+    def __repr__(self) -> str:
+        return f"EMARange(decay={self.decay}, lo={self.lo}, hi={self.hi}, count={self.count})"
