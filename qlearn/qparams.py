@@ -19,6 +19,9 @@ import numpy as np
 from qlearn._checks import as_float_array, check_axis, check_bits
 
 
+_TINY = np.finfo(np.float64).tiny  # smallest normal float64: a scale below it would underflow
+
+
 def integer_limits(bits: int, *, signed: bool = False, narrow_range: bool = False) -> tuple[int, int]:
     """The integer interval [qmin, qmax] of a ``bits``-bit type (Eq. 2).
 
@@ -182,7 +185,8 @@ def qparams_from_range(
         S = max(|lo|, |hi|) / ((qmax - qmin) / 2),  Z = ceil((qmin + qmax) / 2)           (Eq. 8)
     i.e. Z = 0 for signed types and 128 for uint8, as PyTorch's symmetric observers use.
 
-    A zero-width range (lo == hi == 0, e.g. an all-zero tensor) gets S = 1 and the Z of Eq. 6/8:
+    A zero-width range (lo == hi == 0, e.g. an all-zero tensor; also a range so narrow that S would
+    underflow below the smallest normal float64) gets S = 1 and the Z of Eq. 6/8:
     the only value present, 0, is still exact, and nothing divides by zero.
 
     ``lo``/``hi`` may be 1-D arrays (one entry per channel) together with ``axis``: per-channel.
@@ -214,10 +218,11 @@ def qparams_from_range(
         zero_point = np.full(lo_a.shape, (qmin + qmax + 1) // 2, dtype=np.int64)  # (Eq. 8)
         half_levels = (qmax - qmin) / 2.0
         scale = np.maximum(-lo_a, hi_a) / half_levels
-        scale = np.where(scale > 0, scale, 1.0)  # zero-width range
+        scale = np.where(scale >= _TINY, scale, 1.0)  # zero-width range
     else:
         width = hi_a - lo_a
-        scale = np.where(width > 0, width / (qmax - qmin), 1.0)  # (Eq. 5)
+        scale = width / (qmax - qmin)  # (Eq. 5)
+        scale = np.where(scale >= _TINY, scale, 1.0)  # zero-width (or sub-normal) range
         zp_real = qmin - lo_a / scale
         # round half away from zero (std::round in TensorFlow's nudging), then clamp (Eq. 6)
         zero_point = np.clip(np.sign(zp_real) * np.floor(np.abs(zp_real) + 0.5), qmin, qmax).astype(np.int64)
