@@ -79,7 +79,7 @@ class Explorer(widgets.VBox):
         if not self._layout_done:
             # lay the axes out once (constrained layout costs a full extra draw), then freeze them
             self.fig.canvas.draw()
-            self.fig.set_layout_engine("none")
+            self.fig.set_layout_engine(None)
             self._layout_done = True
         buf = io.BytesIO()
         self.fig.savefig(buf, format="png", dpi=self.dpi)
