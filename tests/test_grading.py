@@ -1,0 +1,693 @@
+"""Exercises graded by tests: the checks, the student notebooks and the batch grader.
+
+Each task's oracle is qlearn's own implementation (held to PyTorch, TFLite vectors and big-integer
+references by the library's tests). Here we show that
+
+* the checks pass the solutions and correct alternatives, catch each classic bug with the hint for it,
+  give partial credit per group of cases, and never claim more than they ran;
+* the student notebooks are exactly the stripped solutions, and run top to bottom without raising;
+* the grader runs every submission in its own process, survives and reports each crafted bad
+  submission (infinite loops, sys.exit, os._exit, a segfault, deleted / reordered cells, a renamed
+  function, a wrong signature, exceptions, a memory hog, a file that is not a notebook) with the right
+  partial score, writes a CSV row and a feedback file for each, and leaves every file byte for byte
+  unchanged.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import math
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from qlearn.grading import checks, grader, strip
+from qlearn.grading.checks import PROFILES, get_task, run_check, tasks, time_limit
+from qlearn.grading.notebook import code_cells, exercise_of, load_namespace, read_notebook, tasks_for
+from qlearn.grading.tasks import EXERCISES, floats_close, ints_equal
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTIONS = ROOT / "notebooks" / "exercises" / "solutions"
+STUDENTS = ROOT / "notebooks" / "exercises"
+FAST = 15  # generated cases per check in these tests (the profiles' numbers are tested separately)
+HYP = settings(max_examples=40, deadline=None, derandomize=True, database=None)
+
+
+@pytest.fixture(scope="module")
+def solution_ns():
+    """exercise id -> namespace of its solution notebook (run in this process, checks deferred)."""
+    return {ex: load_namespace(SOLUTIONS / name) for ex, (name, _) in EXERCISES.items()}
+
+
+def solution(solution_ns, task_id):
+    t = tasks()[task_id]
+    return solution_ns[t.exercise][t.function]
+
+
+# ==================================================================================== the registry
+def test_registry_is_complete_and_consistent():
+    reg = tasks()
+    assert len(reg) >= 16 and set(EXERCISES) == {t.exercise for t in reg.values()}
+    names = [t.function for t in reg.values()]
+    assert len(names) == len(set(names)), "function names must be unique: the grader matches by name"
+    for tid, t in reg.items():
+        assert re.fullmatch(r"task_\d+_\d+", tid) and tid.startswith(f"task_{t.exercise[2:]}_")
+        assert t.fixed and t.edge, f"{tid} needs fixed and edge cases"
+        assert t.max_points == 3
+        for case in t.fixed + t.edge:
+            assert len(case.args) == len(t.params), f"{tid}: case {case.label!r} has the wrong number of arguments"
+
+
+def test_get_task_refuses_bad_ids():
+    with pytest.raises(TypeError, match="string such as"):
+        get_task(12)
+    with pytest.raises(ValueError, match="Did you mean task_1_2"):
+        get_task("task_1_2x")
+    with pytest.raises(ValueError, match="profile must be one of"):
+        run_check("task_1_2", lambda *a: None, profile="fast")
+    with pytest.raises(ValueError, match="examples must be a positive integer"):
+        run_check("task_1_2", lambda *a: None, examples=0)
+
+
+# ==================================================================================== verdicts
+def test_solution_verdict_says_what_ran_and_never_all_tests(solution_ns):
+    fn = solution(solution_ns, "task_7_2")
+    note = run_check("task_7_2", fn, profile="notebook")
+    assert note.passed and note.points == 3
+    text = note.report()
+    assert "3 fixed cases, 7 edge cases and 25 generated cases (hypothesis, fixed seed)" in text
+    assert "grader runs the same cases with 60 generated ones instead of 25" in text
+    assert "all tests" not in text.lower()
+    graded = run_check("task_7_2", fn, profile="grade")
+    assert "60 generated cases" in graded.report() and "grader runs" not in graded.report()
+    assert [g.ran for g in graded.groups] == [3, 7, PROFILES["grade"]]
+
+
+def test_check_prints_the_verdict_once(solution_ns, capsys):
+    assert checks.check("task_7_1", solution(solution_ns, "task_7_1")) is None
+    out = capsys.readouterr().out
+    assert out.startswith("PASSED task_7_1 srdhm: 3/3 points") and out.count("PASSED") == 1
+
+
+def test_same_submission_same_verdict():
+    def quantize_tensor(x, scale, zero_point, qmin, qmax):
+        return np.clip(np.floor(x / scale + 0.5) + zero_point, qmin, qmax).astype(np.int64)
+
+    a = run_check("task_1_2", quantize_tensor, examples=FAST).report()
+    b = run_check("task_1_2", quantize_tensor, examples=FAST).report()
+    assert a == b and "ties: x/S = k + 1/2" in a
+
+
+def test_failure_shows_input_expected_actual_why_and_hint():
+    def dequantize_tensor(q, scale, zero_point):
+        return scale * (q - zero_point)  # uint8 arithmetic wraps
+
+    r = run_check("task_1_3", dequantize_tensor, profile="notebook", examples=FAST)
+    text = r.report()
+    assert r.status == "failed" and r.points == 0
+    for part in ("input     q=array([0, 3, 127], dtype=uint8), scale=0.5, zero_point=128",
+                 "expected  array([-64.0, -62.5, -0.5])", "got       array([64.0, 65.5, 127.5])",
+                 "why       at index 0: expected -64.0, got 64.0", "3 - 128 = 131 in uint8"):
+        assert part in text, part
+    assert "(The grader runs 60 generated cases instead of 15.)" in text  # the counts that really ran
+    assert "generated cases  FAILED at case" in text
+
+
+# ==================================================================================== what goes wrong in a function
+def test_untouched_stub_is_not_implemented():
+    def quantize_tensor(x, scale, zero_point, qmin, qmax):
+        raise NotImplementedError("Task 1.2: replace this line with your code")
+
+    r = run_check("task_1_2", quantize_tensor)
+    assert r.status == "not implemented" and r.points == 0 and not r.groups
+    assert "still raises NotImplementedError" in r.report()
+
+
+def test_wrong_signature_and_non_function_are_errors():
+    def quantize_tensor(x, scale):
+        return x
+
+    r = run_check("task_1_2", quantize_tensor)
+    assert r.status == "error" and "keep the parameters of the stub" in r.message
+    r = run_check("task_1_2", 42)
+    assert r.status == "error" and "needs your function quantize_tensor itself" in r.message
+
+
+def test_qlearn_own_function_is_refused():
+    from qlearn.fixedpoint import rounding_divide_by_pot
+
+    r = run_check("task_7_2", rounding_divide_by_pot)
+    assert r.status == "error" and "qlearn's own qlearn.fixedpoint" in r.message
+
+
+def _calls_oracle_directly():
+    from qlearn.qparams import QParams
+    from qlearn.quantize import quantize
+
+    def quantize_tensor(x, scale, zero_point, qmin, qmax):
+        return quantize(x, QParams(scale, zero_point, qmin, qmax))
+
+    return quantize_tensor
+
+
+def _calls_oracle_through_module():
+    import qlearn.quantize
+    from qlearn.qparams import QParams
+
+    def quantize_tensor(x, scale, zero_point, qmin, qmax):
+        return qlearn.quantize.quantize(x, QParams(scale, zero_point, qmin, qmax))
+
+    return quantize_tensor
+
+
+def _calls_oracle_through_helper():
+    namespace: dict = {}
+    exec(
+        "from qlearn.quantize import fake_quantize\n"
+        "def helper(x, qp):\n    return fake_quantize(x, qp)\n"
+        "def quantize_tensor(x, scale, zero_point, qmin, qmax):\n    return helper(x, None)\n",
+        namespace,
+    )
+    return namespace["quantize_tensor"]
+
+
+@pytest.mark.parametrize("make", [_calls_oracle_directly, _calls_oracle_through_module, _calls_oracle_through_helper])
+def test_calling_the_reference_is_refused(make):
+    r = run_check("task_1_2", make(), examples=FAST)
+    assert r.status == "error" and r.points == 0 and "the reference implementation" in r.message
+
+
+def test_infinite_loop_times_out_and_later_groups_do_not_run():
+    def quantize_tensor(x, scale, zero_point, qmin, qmax):
+        if np.any(np.abs(x) >= 1000):  # only the clamping edge case loops
+            while True:
+                pass
+        return np.clip(np.rint(x / scale) + zero_point, qmin, qmax).astype(np.int64)
+
+    t0 = time.perf_counter()
+    r = run_check("task_1_2", quantize_tensor, examples=FAST, time_limit_s=0.5)
+    assert time.perf_counter() - t0 < 5
+    assert [g.points for g in r.groups] == [1, 0, 0] and r.status == "partial"
+    assert "TIMED OUT" in r.groups[1].note and "not run" in r.groups[2].note
+
+
+def test_sys_exit_and_exceptions_inside_a_function_are_failed_cases():
+    def dequantize_tensor(q, scale, zero_point):
+        import sys
+
+        sys.exit(3)
+
+    r = run_check("task_1_3", dequantize_tensor, examples=FAST)
+    assert r.points == 0 and "called sys.exit()" in r.report()
+
+    def sqnr_db(x, x_hat):
+        if x.shape != x_hat.shape:
+            raise ValueError("shapes differ")
+        if not np.any(x):
+            raise TypeError("nope")  # the contract says ValueError
+        noise = np.sum((x_hat - x) ** 2)
+        return float("inf") if noise == 0 else float(10 * np.log10(np.sum(x**2) / noise))
+
+    r = run_check("task_2_1", sqnr_db, examples=FAST)
+    text = r.report()
+    assert "raised TypeError: nope" in text and "the contract asks for ValueError here, not TypeError" in text
+    assert [g.points for g in r.groups] == [1, 0, 0]
+
+
+def test_modifying_the_input_in_place_is_reported():
+    def quantize_tensor(x, scale, zero_point, qmin, qmax):
+        x /= scale
+        return np.clip(np.rint(x) + zero_point, qmin, qmax).astype(np.int64)
+
+    r = run_check("task_1_2", quantize_tensor, examples=FAST)
+    assert r.points == 0 and "modified its input 'x' in place" in r.report()
+
+
+def test_time_limit_nests_and_restores_the_outer_limit():
+    with pytest.raises(checks.CheckTimeout):
+        with time_limit(0.4):
+            with time_limit(5.0):
+                pass  # the inner limit ends; the outer one must still fire
+            while True:
+                time.sleep(0.01)
+    with time_limit(None):
+        pass
+
+
+# ==================================================================================== each task catches its classic bug
+def _bug(task_id: str, src: str):
+    ns = {"np": np, "math": math}
+    if task_id.startswith("task_6"):
+        import torch
+
+        ns["torch"] = torch
+    exec(src, ns)
+    return ns[tasks()[task_id].function]
+
+
+BUGS = [
+    # (task, buggy implementation, points it still earns, words its report must contain)
+    ("task_1_1", "def scale_and_zero_point(lo, hi, bits):\n"
+                 "    lo, hi = min(lo, 0.0), max(hi, 0.0); s = (hi - lo) / (2**bits - 1) or 1.0\n"
+                 "    return s, int(np.round(-lo / s))", 2, "halves up"),
+    ("task_1_2", "def quantize_tensor(x, scale, zero_point, qmin, qmax):\n"
+                 "    return np.clip((np.rint(x / scale) + zero_point).astype(np.uint8), qmin, qmax)", None, "astype(np.uint8)"),
+    ("task_1_3", "def dequantize_tensor(q, scale, zero_point):\n    return scale * (q - zero_point)", 0, "wraps around"),
+    ("task_2_1", "def sqnr_db(x, x_hat):\n    return float(10 * np.log10(np.sum(x**2) / np.sum((x_hat - x)**2)))",
+     None, "the contract asks you to raise ValueError"),
+    ("task_2_2", "def rounding_and_clipping_mse(x, scale, zero_point, qmin, qmax):\n"
+                 "    q = np.clip(np.rint(x / scale) + zero_point, qmin, qmax); e = (scale * (q - zero_point) - x) ** 2\n"
+                 "    c = (x < scale * (qmin - zero_point - 0.5)) | (x > scale * (qmax - zero_point + 0.5))\n"
+                 "    return float(e[~c].mean()) if (~c).any() else 0.0, float(e[c].mean()) if c.any() else 0.0",
+     None, "divided by N"),
+    ("task_3_1", "def per_channel_minmax(w, axis):\n    return w.min(axis=axis), w.max(axis=axis)", None, "reduce over every axis"),
+    ("task_3_2", "def symmetric_channel_scales(w):\n    f = w.reshape(len(w), -1)\n    return np.maximum(f.max(1), 1e-300) / 127",
+     0, "the contract says S = 1"),
+    ("task_3_3", "def quantize_per_channel(w, scales, axis):\n    return np.clip(np.rint(w / scales), -127, 127).astype(np.int64)",
+     None, "LAST axis"),
+    ("task_4_1", "def percentile_range(x, pct):\n    lo, hi = np.percentile(x, [100 - pct, pct]); return float(lo), float(hi)",
+     2, "raise ValueError for pct outside"),
+    ("task_4_2", "def best_clipping_range(x, bits, alphas):\n"
+                 "    return min(float(np.min(x)), 0.0), max(float(np.max(x)), 0.0)", None, "smallest MSE"),
+    ("task_5_1", "def batchnorm_inference(z, gamma, beta, mean, var, eps):\n"
+                 "    return gamma * (z - mean) / np.sqrt(var + eps) + beta", None, "LAST axis"),
+    ("task_5_2", "def fold_bn(w, b, gamma, beta, mean, var, eps):\n    f = gamma / np.sqrt(var + eps)\n"
+                 "    return w * f.reshape((-1,) + (1,) * (w.ndim - 1)), beta + (b - mean) * f", None, "b = 0"),
+    ("task_6_1", "def round_ste(x):\n    return torch.round(x)", 0, None),
+    ("task_6_2", "def fake_quant_ste(x, scale, zero_point, qmin, qmax):\n"
+                 "    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)\n"
+                 "    qr = x / scale + zero_point; inside = ((qr >= qmin - 0.5) & (qr <= qmax + 0.5)).to(x.dtype)\n"
+                 "    return ((q - zero_point) * scale).detach() + (x - x.detach()) * inside", None, "decide 'inside' on x"),
+    ("task_7_1", "def srdhm(a, b):\n    if a == b == -2**31: return 2**31 - 1\n"
+                 "    ab = a * b\n    return (ab + (2**30 if ab >= 0 else 1 - 2**30)) // 2**31", None, "truncate toward zero"),
+    ("task_7_2", "def rounding_divide_by_pot(x, exponent):\n    return (x + (1 << exponent >> 1)) >> exponent", None,
+     "away from zero"),
+    ("task_7_3", "def quantize_multiplier(m):\n    if m == 0: return 0, 0\n    q, e = math.frexp(m)\n"
+                 "    return int(round(q * 2**31)), e", None, "2^31"),
+    ("task_7_4", "def multiply_by_quantized_multiplier(x, m0, shift):\n    return round(x * m0 * 2.0 ** (shift - 31))",
+     None, "rounds twice"),
+    ("task_8_1", "def conv_accumulator(x_q, x_zp, w_q, bias_q, stride, padding):\n"
+                 "    x = np.pad(x_q.astype(np.int64), ((0, 0), (0, 0), (padding,) * 2, (padding,) * 2)) - x_zp\n"
+                 "    n, c, h, w = x.shape; o, _, kh, kw = w_q.shape\n"
+                 "    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1\n"
+                 "    acc = np.zeros((n, o, ho, wo), np.int64)\n"
+                 "    for i in range(ho):\n        for j in range(wo):\n"
+                 "            p = x[:, :, i*stride:i*stride+kh, j*stride:j*stride+kw]\n"
+                 "            acc[:, :, i, j] = np.tensordot(p, w_q.astype(np.int64), axes=([1, 2, 3], [1, 2, 3]))\n"
+                 "    return acc + bias_q[None, :, None, None]", None, "pad with the zero point"),
+    ("task_8_2", "def quantized_conv2d(x_q, x_zp, w_q, bias_q, m0, shift, out_zp, stride, padding, act_min, act_max):\n"
+                 "    import torch, torch.nn.functional as F\n"
+                 "    acc = F.conv2d(torch.tensor(x_q.astype(np.float64) - x_zp), torch.tensor(w_q.astype(np.float64)),\n"
+                 "                   torch.tensor(bias_q.astype(np.float64)), stride=stride, padding=padding).numpy()\n"
+                 "    q = np.round(acc * m0 * 2.0 ** (shift - 31)) + out_zp\n"
+                 "    return np.clip(q, act_min, act_max).astype(np.uint8)", None, None),
+]
+
+
+@pytest.mark.parametrize("task_id,src,points,words", BUGS, ids=[b[0] for b in BUGS])
+def test_each_task_catches_its_classic_bug(task_id, src, points, words):
+    with np.errstate(all="ignore"):
+        r = run_check(task_id, _bug(task_id, src), examples=FAST)
+    assert not r.passed, r.report()
+    assert r.points < r.max_points
+    if points is not None:
+        assert r.points == points, r.report()
+    if words:
+        assert words in r.report(), r.report()
+
+
+def test_every_task_has_a_classic_bug_test():
+    assert {b[0] for b in BUGS} == set(tasks())
+
+
+ALTERNATIVES = [
+    # correct implementations written differently from the solutions: they must pass
+    ("task_1_2", "def quantize_tensor(x, scale, zero_point, qmin, qmax):\n"
+                 "    return np.clip(np.round(x * (1.0 / scale)) + zero_point, qmin, qmax).astype(np.int32)"),
+    ("task_1_3", "def dequantize_tensor(q, scale, zero_point):\n    return (q.astype(np.int64) - zero_point) * scale"),
+    ("task_3_1", "def per_channel_minmax(w, axis):\n    other = tuple(i for i in range(w.ndim) if i != axis % w.ndim)\n"
+                 "    return w.min(axis=other), w.max(axis=other)"),
+    ("task_6_2", "def fake_quant_ste(x, scale, zero_point, qmin, qmax):\n"
+                 "    class F(torch.autograd.Function):\n"
+                 "        @staticmethod\n        def forward(ctx, x):\n"
+                 "            ctx.save_for_backward((x >= (qmin - zero_point) * scale) & (x <= (qmax - zero_point) * scale))\n"
+                 "            return (torch.clamp(torch.round(x * (1 / scale)) + zero_point, qmin, qmax) - zero_point) * scale\n"
+                 "        @staticmethod\n        def backward(ctx, g):\n            (m,) = ctx.saved_tensors\n            return g * m\n"
+                 "    return F.apply(x)"),
+    ("task_7_1", "def srdhm(a, b):\n    if a == b == -2**31: return 2**31 - 1\n    p = a * b\n"
+                 "    n = p + (2**30 if p >= 0 else 1 - 2**30)\n    return int(math.copysign(abs(n) // 2**31, n))"),
+]
+
+
+@pytest.mark.parametrize("task_id,src", ALTERNATIVES, ids=[a[0] for a in ALTERNATIVES])
+def test_correct_alternatives_pass(task_id, src):
+    r = run_check(task_id, _bug(task_id, src), profile="grade")
+    assert r.passed, r.report()
+
+
+def test_solutions_pass_in_the_notebook_profile_too(solution_ns):
+    for tid in ("task_1_1", "task_4_2", "task_8_2"):
+        assert run_check(tid, solution(solution_ns, tid), profile="notebook").passed
+
+
+# ==================================================================================== comparison properties
+@HYP
+@given(st.lists(st.integers(-1000, 1000), min_size=1, max_size=20), st.data())
+def test_ints_equal_catches_any_single_change(values, data):
+    a = np.array(values)
+    i = data.draw(st.integers(0, len(values) - 1))
+    d = data.draw(st.integers(-5, 5).filter(bool))
+    b = a.copy()
+    b[i] += d
+    assert ints_equal()(a, a.copy(), ()) is None
+    why = ints_equal()(a, b, ())
+    assert why is not None and f"at index {i}" in why
+    assert "dtype float64" in ints_equal()(a, b.astype(np.float64), ())
+
+
+@HYP
+@given(st.floats(1e-3, 1e3), st.floats(1e-6, 1.0))
+def test_floats_close_needs_agreement_to_1e_10(x, rel):
+    compare = floats_close(1e-10, 0.0)
+    assert compare(np.array([x]), np.array([x]), ()) is None
+    assert compare(np.array([x]), np.array([x * (1 + rel)]), ()) is not None
+
+
+def test_exact_ties_must_match_but_float_near_ties_may_round_either_way():
+    compare = ints_equal(lambda args: args[0])
+    assert compare(np.array([2]), np.array([3]), (np.array([2.5]),)) is not None  # an exact tie
+    assert compare(np.array([2]), np.array([3]), (np.array([2.5 + 1e-12]),)) is None  # a float near-tie
+    assert compare(np.array([2]), np.array([4]), (np.array([2.5 + 1e-12]),)) is not None
+
+
+# ==================================================================================== strip: solution -> student
+def test_student_notebooks_are_the_stripped_solutions():
+    solutions = sorted(p.name for p in SOLUTIONS.glob("*.ipynb"))
+    students = sorted(p.name for p in STUDENTS.glob("*.ipynb"))
+    assert solutions == students == sorted(name for name, _ in EXERCISES.values())
+    for name in solutions:
+        assert (STUDENTS / name).read_text(encoding="utf-8") == strip.student_text(SOLUTIONS / name), (
+            f"{name} is out of date: run python -m qlearn.grading.strip"
+        )
+
+
+def test_strip_cli(tmp_path, capsys):
+    assert strip.main([str(SOLUTIONS), "--out", str(tmp_path), "--check"]) == 1
+    assert strip.main([str(SOLUTIONS), "--out", str(tmp_path)]) == 0
+    assert strip.main([str(SOLUTIONS), "--out", str(tmp_path), "--check"]) == 0
+    assert strip.main([str(SOLUTIONS), "--out", str(SOLUTIONS)]) == 2
+    assert strip.main([str(tmp_path / "nothing")]) == 2
+    for p in tmp_path.glob("*.ipynb"):
+        assert p.read_text() == (STUDENTS / p.name).read_text()
+
+
+def test_strip_rules():
+    src = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    return x + y\n    ### END SOLUTION\n\nprint(2)"
+    assert strip.strip_source(src, task="1.2") == (
+        'def f(x):\n    y = 1\n    raise NotImplementedError("Task 1.2: replace this line with your code")\n\nprint(2)'
+    )
+    assert strip.strip_source("### BEGIN SOLUTION\nx = 1\n### END SOLUTION\ny = 2") == "# YOUR CODE HERE\ny = 2"
+    for bad, msg in [("### BEGIN SOLUTION\nx", "without an"), ("x\n### END SOLUTION", "without a"),
+                     ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "inside another")]:
+        with pytest.raises(strip.StripError, match=msg):
+            strip.strip_source(bad)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["qlearn"] = {"exercise": "ex1", "version": "solution"}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("secret notes", metadata={"tags": ["instructor"]}),
+        nbformat.v4.new_markdown_cell("the answer is 42", metadata={"tags": ["solution"]}),
+        nbformat.v4.new_code_cell("x = 42", metadata={"tags": ["solution"]}),
+        nbformat.v4.new_code_cell("print(1)", execution_count=3,
+                                  outputs=[nbformat.v4.new_output("stream", name="stdout", text="1\n")]),
+    ]
+    before = copy.deepcopy(nb)
+    student = strip.strip_notebook(nb)
+    assert nb == before, "strip_notebook must not modify its input"
+    assert [c.source for c in student.cells] == ["YOUR ANSWER HERE", "# YOUR CODE HERE", "print(1)"]
+    assert student.cells[2].outputs == [] and student.cells[2].execution_count is None
+    assert student.metadata["qlearn"] == {"exercise": "ex1", "version": "student"}
+    nb.cells.append(nbformat.v4.new_markdown_cell("### BEGIN SOLUTION"))
+    with pytest.raises(strip.StripError, match="belong in code cells"):
+        strip.strip_notebook(nb)
+
+
+@HYP
+@given(st.lists(st.from_regex(r"[a-z]{1,8}( = [0-9]{1,3})?", fullmatch=True), min_size=0, max_size=6),
+       st.lists(st.from_regex(r"[a-z]{1,8}", fullmatch=True), min_size=0, max_size=4),
+       st.lists(st.from_regex(r"[a-z]{1,8}", fullmatch=True), min_size=0, max_size=6))
+def test_strip_keeps_everything_outside_the_block_and_nothing_inside(before, inside, after):
+    lines = [f"    {s}" for s in before] + ["    ### BEGIN SOLUTION"] + [f"    secret_{s}" for s in inside] + \
+        ["    ### END SOLUTION"] + [f"    {s}" for s in after]
+    out = strip.strip_source("\n".join(lines)).split("\n")
+    assert not any("secret_" in line or "SOLUTION" in line for line in out)
+    assert out == [f"    {s}" for s in before] + ['    raise NotImplementedError("Replace this line with your code")'] + \
+        [f"    {s}" for s in after]
+
+
+# ==================================================================================== the notebooks themselves
+@pytest.mark.parametrize("folder", [SOLUTIONS, STUDENTS], ids=["solutions", "students"])
+def test_check_cells_name_each_task_and_its_function(folder):
+    for name, _ in EXERCISES.values():
+        nb = read_notebook(folder / name)
+        ex = exercise_of(nb)
+        assert nb["metadata"]["qlearn"]["exercise"] == ex
+        calls = re.findall(r"""check\("(task_\d+_\d+)", (\w+)\)""", "\n".join(src for _, src in code_cells(nb)))
+        assert [c[0] for c in calls] == tasks_for(ex), name
+        for tid, fn in calls:
+            assert tasks()[tid].function == fn, f"{name}: check({tid!r}, {fn}) names the wrong function"
+        text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+        assert "What this notebook teaches" in text and "When you are done" in text
+
+
+def _run_all_in_process(path: Path) -> str:
+    """Execute every code cell of a notebook with live checks; any exception fails the test."""
+    nb = read_notebook(path)
+    namespace: dict = {"__name__": "__main__"}
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        for index, src in code_cells(nb):
+            exec(compile(src, f"{path.name} cell {index}", "exec"), namespace)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", [n for n, _ in EXERCISES.values()])
+def test_student_notebook_runs_all_and_every_check_says_not_passed(name):
+    out = _run_all_in_process(STUDENTS / name)
+    n = len(tasks_for(exercise_of(read_notebook(STUDENTS / name))))
+    assert out.count("NOT PASSED") == n and out.count("still raises NotImplementedError") == n
+
+
+@pytest.mark.parametrize("name", ["ex1_quantize_dequantize.ipynb", "ex7_fixed_point.ipynb"])
+def test_solution_notebook_check_cells_print_passed(name):
+    out = _run_all_in_process(SOLUTIONS / name)
+    n = len(tasks_for(exercise_of(read_notebook(SOLUTIONS / name))))
+    assert out.count("PASSED task_") == n and "NOT PASSED" not in out
+
+
+def test_student_notebook_runs_in_a_jupyter_kernel():
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(str(STUDENTS / "ex7_fixed_point.ipynb"), as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("NOT PASSED task_7_" in o.get("text", "") for o in outputs) == 4
+
+
+# ==================================================================================== the batch grader
+SOL_EX1 = SOLUTIONS / "ex1_quantize_dequantize.ipynb"
+
+
+def _base():
+    return nbformat.read(str(SOL_EX1), as_version=4)
+
+
+def _cell_defining(nb, name):
+    return next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and f"def {name}(" in c.source)
+
+
+def _replace_body(nb, name, body):
+    i = _cell_defining(nb, name)
+    src = nb.cells[i].source
+    nb.cells[i].source = src[: src.index("    ### BEGIN SOLUTION")] + "\n".join("    " + l for l in body.splitlines())
+    return nb
+
+
+def _insert_after(nb, name, code):
+    nb.cells.insert(_cell_defining(nb, name) + 1, nbformat.v4.new_code_cell(code))
+    return nb
+
+
+def _crafted() -> dict[str, tuple[object, tuple[int, int, int], list[str]]]:
+    """name -> (notebook, expected points of tasks 1.1-1.3, words its feedback must contain)."""
+    out = {}
+    out["loop_in_function"] = (_replace_body(_base(), "quantize_tensor", "while True:\n    pass"), (3, 0, 3), ["TIMED OUT"])
+    out["loop_top_level"] = (_insert_after(_base(), "scale_and_zero_point", "while True:\n    pass"), (3, 3, 3),
+                             ["(`while True:`) timed out"])
+    out["stubborn_loop"] = (_insert_after(_base(), "scale_and_zero_point",
+                                          "import time\nwhile True:\n    try:\n        time.sleep(0.05)\n"
+                                          "    except BaseException:\n        pass"), (3, 3, 3),
+                            ["kept running after its time limit", "skipped and the notebook run again"])
+    nb = _insert_after(_base(), "scale_and_zero_point", "import sys\nsys.exit(1)")
+    out["sys_exit"] = (_replace_body(nb, "dequantize_tensor", "import sys\nsys.exit(0)"), (3, 3, 0),
+                       ["called sys.exit(1); the rest of the notebook still ran", "called sys.exit() / exit()"])
+    out["kernel_crash"] = (_insert_after(_base(), "scale_and_zero_point", "import os\nos._exit(1)"), (3, 3, 3),
+                           ["exited with code 1"])
+    out["segfault_in_function"] = (_replace_body(_base(), "quantize_tensor", "import ctypes\nreturn ctypes.string_at(0)"),
+                                   (3, 0, 3), ["while quantize_tensor was being checked, the process crashed (SIGSEGV"])
+    nb = _base()
+    del nb.cells[_cell_defining(nb, "dequantize_tensor")]
+    out["deleted_cell"] = (nb, (3, 3, 0), ["no function named dequantize_tensor"])
+    nb = _base()
+    nb.cells = nb.cells[:2] + nb.cells[2:][::-1]
+    out["reordered"] = (nb, (3, 3, 3), ["NameError"])
+    nb = _base()
+    i = _cell_defining(nb, "quantize_tensor")
+    nb.cells[i].source = nb.cells[i].source.replace("def quantize_tensor(", "def quantise_tensor(")
+    out["renamed"] = (nb, (3, 0, 3), ["Did you rename it to quantise_tensor?"])
+    nb = _base()
+    i = _cell_defining(nb, "quantize_tensor")
+    nb.cells[i].source = nb.cells[i].source.replace("(x, scale, zero_point, qmin, qmax):", "(x, scale):")
+    out["wrong_signature"] = (nb, (3, 0, 3), ["keep the parameters of the stub"])
+    out["partial"] = (_replace_body(_base(), "quantize_tensor",
+                                    "q = np.floor(x / scale + 0.5) + zero_point\nreturn np.clip(q, qmin, qmax).astype(np.int64)"),
+                      (3, 2, 3), ["round half to even", "FAILED at case 1 of 5: ties"])
+    nb = _insert_after(_base(), "scale_and_zero_point", "1 / 0")
+    out["raises"] = (_replace_body(nb, "scale_and_zero_point", "raise ValueError('oops')"), (0, 3, 3),
+                     ["ZeroDivisionError", "raised ValueError: oops"])
+    out["memory_hog"] = (_insert_after(_base(), "scale_and_zero_point", "big = np.ones(3 * 2**30 // 8)"), (3, 3, 3),
+                         ["MemoryError"])
+    out["vandal"] = (_insert_after(_base(), "scale_and_zero_point",
+                                   "open('submission.ipynb', 'w').write('gone')\n"
+                                   "import qlearn.grading.checks as c\nc.PROFILES['grade'] = 1"), (3, 3, 3), [])
+    nb = _base()
+    del nb.metadata["qlearn"]
+    out["no_metadata"] = (nb, (3, 3, 3), [])
+    return out
+
+
+def _digest(folder: Path) -> dict[str, tuple[str, int]]:
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _csv(path: Path) -> dict[str, dict[str, str]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["submission"]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def crafted_batch(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crafted")
+    subs = root / "submissions"
+    subs.mkdir()
+    expected = _crafted()
+    for name, (nb, _, _) in expected.items():
+        nbformat.write(nb, str(subs / f"{name}.ipynb"))
+    (subs / "not_a_notebook.ipynb").write_text("{ this is not json", encoding="utf-8")
+    before = _digest(subs)
+    limits = grader.Limits(time_limit=90, cell_timeout=5, task_timeout=5, memory_mb=2048, max_restarts=3,
+                           grace=2, examples=10)
+    t0 = time.perf_counter()
+    grades = grader.grade_folder(subs, root / "grades.csv", limits=limits, jobs=2, progress=False)
+    return {"root": root, "subs": subs, "before": before, "grades": grades, "expected": expected,
+            "seconds": time.perf_counter() - t0}
+
+
+def test_crafted_submissions_get_the_right_partial_scores(crafted_batch):
+    rows = _csv(crafted_batch["root"] / "grades.csv")
+    expected = crafted_batch["expected"]
+    assert set(rows) == set(expected) | {"not_a_notebook"}, "one CSV row per submission"
+    for name, (_, points, _) in expected.items():
+        row = rows[name]
+        got = tuple(int(row[t]) for t in ("task_1_1", "task_1_2", "task_1_3"))
+        assert got == points, f"{name}: {got} != {points}; notes: {row['notes']}"
+        assert int(row["total"]) == sum(points) and int(row["possible"]) == 9
+    assert rows["not_a_notebook"]["total"] == "0" and "not a Jupyter notebook" in rows["not_a_notebook"]["notes"]
+
+
+def test_crafted_submissions_get_useful_feedback(crafted_batch):
+    fdir = crafted_batch["root"] / "grades_feedback"
+    for name, (_, points, words) in crafted_batch["expected"].items():
+        text = (fdir / f"{name}.txt").read_text(encoding="utf-8")
+        assert f"Total: {sum(points)}/9 points" in text
+        for w in words:
+            assert w in text, f"{name}: {w!r} missing from\n{text}"
+    assert "not a Jupyter notebook" in (fdir / "not_a_notebook.txt").read_text()
+
+
+def test_grader_never_modifies_submissions_nor_runs_them_in_its_process(crafted_batch):
+    assert _digest(crafted_batch["subs"]) == crafted_batch["before"], "a submission file changed"
+    assert PROFILES["grade"] == 60, "submission code ran in the grader's process"
+    assert not list(crafted_batch["subs"].glob("junk*"))
+
+
+@pytest.fixture(scope="module")
+def reference_batch(tmp_path_factory):
+    """The solution notebooks and the untouched student notebooks, graded by the command line."""
+    root = tmp_path_factory.mktemp("reference")
+    subs = root / "submissions"
+    (subs / "solutions").mkdir(parents=True)
+    (subs / "students").mkdir()
+    for name, _ in EXERCISES.values():
+        (subs / "solutions" / name).write_bytes((SOLUTIONS / name).read_bytes())
+        (subs / "students" / name).write_bytes((STUDENTS / name).read_bytes())
+    before = _digest(subs)
+    from qlearn.__main__ import main as qlearn_main
+
+    rc = qlearn_main(["grade", str(subs), "--out", str(root / "grades.csv"), "--examples", "10", "--jobs", "2", "--quiet"])
+    return {"root": root, "subs": subs, "before": before, "rc": rc}
+
+
+def test_solutions_get_full_marks_and_students_zero(reference_batch):
+    assert reference_batch["rc"] == 0
+    rows = _csv(reference_batch["root"] / "grades.csv")
+    total = sum(t.max_points for t in tasks().values())
+    assert rows["solutions"]["total"] == rows["solutions"]["possible"] == str(total)
+    assert all(rows["solutions"][tid] == "3" for tid in tasks())
+    assert rows["students"]["total"] == "0" and rows["students"]["possible"] == str(total)
+    assert all(rows["students"][tid] == "0" for tid in tasks())
+    feedback = (reference_batch["root"] / "grades_feedback" / "students.txt").read_text()
+    assert feedback.count("still raises NotImplementedError") == len(tasks())
+    assert _digest(reference_batch["subs"]) == reference_batch["before"]
+
+
+def test_load_namespace_runs_py_files_with_checks_deferred(tmp_path, capsys):
+    src = tmp_path / "work.py"
+    src.write_text("from qlearn.grading import check\n"
+                   "def srdhm(a, b):\n    return 0\n"
+                   "check('task_7_1', srdhm)\n")
+    ns = load_namespace(src)
+    assert "checked by the grader" in capsys.readouterr().out
+    assert run_check("task_7_1", ns["srdhm"], examples=FAST).points == 0
+
+
+def test_runner_usage_and_unreadable_notebooks(tmp_path, capsys):
+    from qlearn.grading import runner
+    from qlearn.grading.notebook import NotebookError
+
+    assert runner.main([]) == 2 and "usage" in capsys.readouterr().err
+    (tmp_path / "cells.ipynb").write_text('{"cells": 3}')
+    for name in ("cells.ipynb", "missing.ipynb"):
+        with pytest.raises(NotebookError):
+            read_notebook(tmp_path / name)
+
+
+def test_grade_command_refuses_bad_arguments(tmp_path, capsys):
+    from qlearn.grading import main
+
+    assert main([str(tmp_path / "missing")]) == 2
+    assert main([str(tmp_path)]) == 2  # no submissions
+    (tmp_path / "a.ipynb").write_text("{}")
+    assert main([str(tmp_path), "--tasks", "task_9_9"]) == 2
+    assert main([str(tmp_path), "--memory-mb", "10"]) == 2
+    assert "unknown task" in capsys.readouterr().err
