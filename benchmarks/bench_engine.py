@@ -1,0 +1,76 @@
+"""Integer engine: images per second of the same trained network run three (four) ways, same run, same input.
+
+* ``qlearn integer``  qlearn.integer.IntegerModel (from qlearn.convert.convert): readable numpy, integer
+                      arithmetic only; float in -> quantize -> integer layers -> dequantize
+* ``torch float``     the float MobileNet in eval mode with BN folded into the convs (qlearn.bn_fold)
+* ``torch int8``      the same integers on PyTorch's quantized x86 engine (qlearn.latency.to_torch_int8)
+* ``torch int8 (own QAT)``  PyTorch's eager-mode QAT model of the same float network, converted
+
+at batch 1 (latency) and batch 256 (throughput), each int8 model built fresh for its batch size (see
+qlearn.latency on PyTorch's first-call primitive cache). The PyTorch contenders are timed in alternating rounds;
+ratios are against ``torch float`` measured in the same run. The per-layer comparison of benchmarks/bench_integer.py is included for the kernels.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from benchmarks import bench_integer
+from qlearn.bn_fold import fuse_model
+from benchmarks.common import interleaved_latency
+from qlearn.latency import to_torch_int8
+
+
+def _batch(x: torch.Tensor, n: int) -> torch.Tensor:
+    reps = -(-n // x.shape[0])
+    return x.repeat(reps, 1, 1, 1)[:n].contiguous()
+
+
+def bench_model(arts: dict, batches: tuple[int, ...], quick: bool) -> dict:
+    fused = fuse_model(arts["float"]).eval()
+    integer_model = arts["integer"]
+    x_test = arts["data"].x_test
+    out: dict[str, Any] = {}
+    for n in batches:
+        x = _batch(x_test, n)
+        # Fresh int8 models for every batch size, first called with it: PyTorch's oneDNN int8 kernels
+        # keep the primitive built on their first call and rebuild it on every call of another shape.
+        contenders = {
+            "qlearn integer": lambda x: integer_model(x.numpy()),
+            "torch float": fused,
+            "torch int8": to_torch_int8(integer_model, "x86"),
+            "torch int8 (own QAT)": copy.deepcopy(arts["torch_int8"]),
+        }
+        fast = {name: (lambda fn=fn: fn(x)) for name, fn in contenders.items() if name != "qlearn integer"}
+        reps = 3 if quick else (60 if n == 1 else 12)
+        with torch.no_grad():
+            row = interleaved_latency(fast, repeats=reps, rounds=3, warmup=1)
+            # the numpy engine is 10-100x slower: fewer calls, timed right after the others
+            row.update(interleaved_latency({"qlearn integer": lambda: integer_model(x.numpy())},
+                                           repeats=2 if quick else (20 if n == 1 else 3), rounds=1, warmup=1))
+        base = row["torch float"]["median_ms"]
+        for name in contenders:
+            row[name]["images_per_s"] = 1000.0 * n / row[name]["median_ms"]
+            row[name]["speedup_vs_torch_float"] = base / row[name]["median_ms"]
+        out[f"batch_{n}"] = row
+    return out
+
+
+def run(artifacts: dict[str, dict], *, quick: bool, seed: int = 0) -> dict:
+    batches = (1, 16) if quick else (1, 256)
+    torch.backends.quantized.engine = "x86"
+    results: dict[str, Any] = {"batches": list(batches), "models": {}}
+    for name in tqdm(list(artifacts), desc="integer engine", leave=False):
+        results["models"][name] = bench_model(artifacts[name], batches, quick)
+        results.setdefault("configs", {})[name] = dict(artifacts[name]["float"].config)
+    rng = np.random.default_rng(seed)
+    layers = []
+    for name, n, cin, cout, h, k, stride, groups in tqdm(bench_integer.SHAPES, desc="layers", leave=False):
+        layers.append(bench_integer.bench_shape(name, 1 if quick else n, cin, cout, h, k, stride, groups,
+                                                2 if quick else 10, rng))
+    results["layers"] = layers
+    return results

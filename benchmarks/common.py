@@ -1,0 +1,81 @@
+"""Shared helpers: interleaved timing (fair on a busy machine) and the machine description."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+def interleaved_latency(fns: dict[str, Callable[[], Any]], *, repeats: int, rounds: int = 5,
+                        warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Time each of ``fns`` ``repeats`` times, in ``rounds`` alternating rounds, after ``warmup`` calls each.
+
+    Interleaving spreads a busy neighbour's load over every contender alike. Returns, per name,
+    median_ms, p95_ms, min_ms and repeats.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    per_round = max(1, -(-repeats // rounds))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, ts in times.items():
+        ms = 1000.0 * np.asarray(ts)
+        out[name] = {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)),
+                     "min_ms": float(ms.min()), "repeats": len(ts)}
+    return out
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, RAM (from /proc), load, OS, and the versions that matter."""
+    import matplotlib
+    import torch
+
+    cpuinfo = _read("/proc/cpuinfo")
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    mem_kb = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), 0)
+    load = _read("/proc/loadavg").split()[:3]
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        affinity = os.cpu_count()
+    versions: dict[str, str] = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+                                "matplotlib": matplotlib.__version__}
+    for mod in ("ipywidgets", "nbclient", "sklearn"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = "not installed"
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu_model": model,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": affinity,
+        "simd": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags],
+        "ram_gib": round(mem_kb / 2**20, 1),
+        "load_average_at_start": [float(v) for v in load],
+        "os": f"{platform.system()} {platform.release()}",
+        "versions": versions,
+        "torch_threads": torch.get_num_threads(),
+        "quantized_engine": "x86",
+    }
