@@ -9,7 +9,25 @@ in docs/equations.md.
     error        MSE, SQNR, S^2/12, rounding vs clipping                             (Eqs. 14, 17-19)
     fixedpoint   gemmlowp/TFLite fixed point: SRDHM, RDBPOT, M = M0 * 2^shift        (Eqs. 22-31)
     integer      integer-only kernels (conv, linear, add, pool) and IntegerModel     (Eqs. 20-39)
+    bn_fold      batch-norm folding: fold_bn, fuse_conv_bn                          (Eqs. 40-43)
+    models       MobileNet v1 (depthwise separable) and v2 (inverted residuals)
+    data         scikit-learn's bundled digits; MNIST / CIFAR-10 from a local folder
+    train        a small deterministic trainer and safe checkpoints
+    qat          fake-quant with the straight-through estimator, EMA ranges, QAT model (Eqs. 50-69)
+    ptq          post-training quantization: calibrate, quantize, sweep bit widths
+    convert      QAT model -> IntegerModel (int8 weights, int32 bias, M0/shift), agreement
+    pipeline     float -> PTQ -> QAT -> integer engine, one command (python -m qlearn pipeline)
+    latency      the paper's latency claim on a real int8 runtime (PyTorch's x86 engine)
+    widgets      the sliders of the notebooks; figures regenerates figures/ from them
+    grading      qlearn.check(...) in exercise notebooks; python -m qlearn grade for instructors
+    lecture      python -m qlearn lecture NN: a lesson as a code-free page (Voila)
+
+The torch-based modules load on first use (``qlearn.fuse_conv_bn`` imports torch then), so
+``import qlearn`` stays fast for the numpy-only lessons.
 """
+import importlib
+from typing import Any
+
 from qlearn.qparams import QParams, integer_limits, qparams_from_range
 from qlearn.quantize import dequantize, fake_quantize, paper_fake_quant, paper_scale, quantize
 from qlearn.ranges import EMARange, minmax_range, mse_range, percentile_range
@@ -59,3 +77,33 @@ __all__ = [
     "IntegerModel", "QConv2d", "QLinear", "QAdd", "QGlobalAvgPool", "QRequantize",
     "requant_multiplier", "quantize_bias", "activation_range", "add_multipliers", "AddMultipliers",
 ]
+
+# name -> module, for the torch-based parts, imported on first attribute access (PEP 562). The
+# functions named like their module (qlearn.train.train, qlearn.convert.convert) are left out on
+# purpose: importing the submodule would rebind the package attribute to the module.
+_LAZY = {
+    "fold_bn": "bn_fold", "fuse_conv_bn": "bn_fold", "fuse_model": "bn_fold",
+    "mobilenet_v1": "models", "mobilenet_v2": "models", "build_model": "models", "MobileNet": "models",
+    "load_dataset": "data", "load_digits_data": "data", "ImageData": "data",
+    "TrainConfig": "train", "evaluate": "train",
+    "save_checkpoint": "train", "load_checkpoint": "train",
+    "QATConfig": "qat", "fake_quant_ste": "qat", "prepare_qat": "qat", "set_quantization": "qat",
+    "load_qat_state": "qat", "ActFakeQuant": "qat", "QATMobileNet": "qat",
+    "calibrate": "ptq", "post_training_quantize": "ptq", "ptq_sweep": "ptq", "PTQ_METHODS": "ptq",
+    "compare": "convert", "quantize_input": "convert", "Agreement": "convert",
+    "PipelineConfig": "pipeline", "run_pipeline": "pipeline",
+    "check": "grading", "run_check": "grading", "CheckResult": "grading",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"qlearn.{_LAZY[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'qlearn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
