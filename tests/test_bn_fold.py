@@ -14,14 +14,6 @@ from qlearn.bn_fold import fold_bn, fuse_conv_bn, fuse_model
 from qlearn.models import ConvBNReLU, mobilenet_v1, mobilenet_v2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: fast and stable on a small shared CPU (spinning OpenMP threads are not)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _random_bn(c: int, seed: int, affine: bool = True) -> nn.BatchNorm2d:
     g = torch.Generator().manual_seed(seed)

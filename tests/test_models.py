@@ -20,14 +20,6 @@ from qlearn.models import (
     mobilenet_v2,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: fast and stable on a small shared CPU (spinning OpenMP threads are not)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 BLOCKS = (ConvBNReLU, DepthwiseSeparable, InvertedResidual)
 

@@ -18,14 +18,6 @@ from qlearn.train import load_checkpoint
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: fast and stable on a small shared CPU (spinning OpenMP threads are not)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> tuple[Path, dict]:

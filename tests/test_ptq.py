@@ -14,14 +14,6 @@ from qlearn.qat import QATConfig, QATConvBN, QATMobileNet, prepare_qat
 from qlearn.train import TrainConfig, evaluate, seed_everything, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def trained():

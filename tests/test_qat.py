@@ -35,14 +35,6 @@ from qlearn.ranges import EMARange, mse_range
 FAST = settings(max_examples=40, deadline=None, derandomize=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ------------------------------------------------------------------------------------ fake_quant_ste
 @FAST
