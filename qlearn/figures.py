@@ -78,12 +78,19 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("03_layer_per_channel.png", "qlearn.widgets.per_channel:layer_explorer", "03"),
     FigureSpec("04_outliers.png", "qlearn.widgets.outliers:outlier_explorer", "04"),
     FigureSpec("04_model_ranges.png", "qlearn.widgets.outliers:model_ranges_explorer", "04"),
+    FigureSpec("05_bn_fold.png", "qlearn.widgets.bn_fold:bn_fold_explorer", "05"),
+    FigureSpec("05_fold_order.png", "qlearn.widgets.bn_fold:fold_order_explorer", "05"),
+    FigureSpec("06_ste.png", "qlearn.widgets.qat:ste_explorer", "06"),
+    FigureSpec("06_ema.png", "qlearn.widgets.qat:ema_explorer", "06"),
+    FigureSpec("06_ptq_vs_qat.png", "qlearn.widgets.qat:ptq_vs_qat_explorer", "06"),
     FigureSpec("07_integer_add.png", "qlearn.widgets.skip:integer_add_explorer", "07"),
     FigureSpec("07_concat.png", "qlearn.widgets.skip:concat_explorer", "07"),
     FigureSpec("08_multiplier.png", "qlearn.widgets.integer_explorers:multiplier_explorer", "08"),
     FigureSpec("08_rounding.png", "qlearn.widgets.integer_explorers:rounding_explorer", "08"),
     FigureSpec("08_conv.png", "qlearn.widgets.integer_explorers:conv_explorer", "08"),
-    FigureSpec("latency_vs_accuracy.png", "qlearn.figures:recorded_latency_figure", "README"),
+    FigureSpec("09_pipeline.png", "qlearn.widgets.pipeline:pipeline_explorer", "09"),
+    FigureSpec("09_integer_layers.png", "qlearn.widgets.pipeline:integer_layer_explorer", "09"),
+    FigureSpec("latency_vs_accuracy.png", "qlearn.figures:recorded_latency_figure", ""),
 ]
 
 

@@ -522,7 +522,7 @@ def quick_run_dir(model: str = "mobilenet_v2", seed: int = 0, *, directory: str 
     """
     cfg = quick_config(model, seed, config=config)
     if directory is None:
-        from qlearn.widgets.per_channel import cache_dir  # the suite's one cache folder
+        from qlearn.train import cache_dir  # the suite's one cache folder
 
         directory = cache_dir() / "pipeline"
     elif not isinstance(directory, (str, Path)):

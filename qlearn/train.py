@@ -14,6 +14,7 @@ into a different architecture is an error that says which tensors do not fit.
 from __future__ import annotations
 
 import math
+import os
 import numbers
 import pickle
 import random
@@ -30,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 __all__ = [
+    "cache_dir",
     "TrainConfig",
     "TrainResult",
     "seed_everything",
@@ -240,6 +242,16 @@ def _check_plain(value: Any, where: str) -> None:
         f"{where} is a {type(value).__name__}; a checkpoint holds only numbers, strings, None, lists, "
         "dicts and tensors (convert numpy values with float() / int() / .tolist())"
     )
+
+
+def cache_dir() -> Path:
+    """The suite's one cache folder (lesson models, quick pipeline runs): $QLEARN_CACHE_DIR, else
+    $XDG_CACHE_HOME/qlearn, else ~/.cache/qlearn. Deleting it is always safe: everything is rebuilt."""
+    env = os.environ.get("QLEARN_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "qlearn"
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, extra: dict | None = None) -> Path:

@@ -1,12 +1,16 @@
 """Interactive explorers: each a function returning an ipywidgets widget (see base.Explorer).
 
-In lesson order: basics (01, 02), per_channel (03), outliers (04), skip (07), integer_explorers (08).
+In lesson order: basics (01, 02), per_channel (03), outliers (04), bn_fold (05), qat (06),
+skip (07), integer_explorers (08), pipeline (09).
 """
 from qlearn.widgets.base import Explorer
 from qlearn.widgets.basics import clipping_explorer, error_vs_bits_explorer, quantize_explorer
+from qlearn.widgets.bn_fold import bn_fold_explorer, fold_order_explorer
 from qlearn.widgets.integer_explorers import conv_explorer, multiplier_explorer, rounding_explorer
 from qlearn.widgets.outliers import model_ranges_explorer, outlier_explorer
 from qlearn.widgets.per_channel import layer_explorer, seed_channels_explorer
+from qlearn.widgets.pipeline import integer_layer_explorer, pipeline_explorer, pipeline_runner
+from qlearn.widgets.qat import ema_explorer, ptq_vs_qat_explorer, ste_explorer
 from qlearn.widgets.skip import concat_explorer, integer_add_explorer
 
 __all__ = [
@@ -14,6 +18,9 @@ __all__ = [
     "quantize_explorer", "error_vs_bits_explorer", "clipping_explorer",   # 01, 02
     "seed_channels_explorer", "layer_explorer",                          # 03
     "outlier_explorer", "model_ranges_explorer",                         # 04
+    "bn_fold_explorer", "fold_order_explorer",                           # 05
+    "ste_explorer", "ema_explorer", "ptq_vs_qat_explorer",               # 06
     "integer_add_explorer", "concat_explorer",                           # 07
     "multiplier_explorer", "conv_explorer", "rounding_explorer",         # 08
+    "pipeline_explorer", "integer_layer_explorer", "pipeline_runner",    # 09
 ]

@@ -40,6 +40,7 @@ from qlearn._checks import as_float_array, check_axis, check_bits
 from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import fake_quantize
 from qlearn.ranges import minmax_range, mse_range, percentile_range
+from qlearn.train import cache_dir  # re-exported: the lessons' cache folder
 from qlearn.widgets.base import Explorer, int_slider
 
 __all__ = [
@@ -355,15 +356,6 @@ class LessonModel:
         if name not in self.layers:
             raise ValueError(f"unknown layer {name!r}; the lesson model has {', '.join(self.layers)}")
         return self.layers[name]
-
-
-def cache_dir() -> Path:
-    """Where trained lesson models are kept: $QLEARN_CACHE_DIR, else $XDG_CACHE_HOME/qlearn, else ~/.cache/qlearn."""
-    env = os.environ.get("QLEARN_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "qlearn"
 
 
 @contextlib.contextmanager
