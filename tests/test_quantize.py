@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from qlearn.error import max_abs_error, mse
+from qlearn.error import mse
 from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import dequantize, fake_quantize, paper_fake_quant, paper_scale, quantize
 
