@@ -22,11 +22,10 @@ progress bar and refreshes the explorers it is linked to.
 """
 from __future__ import annotations
 
-import contextlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
@@ -37,6 +36,7 @@ from qlearn.error import sqnr_db
 from qlearn.pipeline import PipelineConfig, PipelineRun, cached_quick_run, folded_weight_ranges, load_run
 from qlearn.quantize import dequantize
 from qlearn.widgets.base import Explorer, int_slider
+from qlearn.widgets.per_channel import _one_thread  # one torch thread: same last bits everywhere
 
 __all__ = [
     "pipeline_run",
@@ -67,17 +67,6 @@ METHOD_LABELS = {  # report key -> label; colors as notebook 03 (per-tensor red,
 QAT_COLOR = "black"
 INTEGER_COLOR = "crimson"
 MAX_IMAGES = 200  # test images the layer and logit comparisons run on
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """One torch thread: the same summation order, hence the same last bits, on every machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _check_run(run: Any) -> PipelineRun:
