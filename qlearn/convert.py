@@ -62,13 +62,17 @@ def _check_ready(model: Any) -> QATMobileNet:
     return model
 
 
-def _multipliers(in_scale: float, w_scale: np.ndarray, out_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """M = S_in S_w / S_out per output channel -> (M0 int32 (C,), shift int32 (C,)) (Eqs. 22-23)."""
-    m = np.float64(in_scale) * w_scale.astype(np.float64) / np.float64(out_scale)  # (C,) float64
-    m0, shift = quantize_multiplier(np.atleast_1d(m))
+def _multipliers(p: dict, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From a layer's ``int_params()``: (S_w (C,) float64, M0 int32 (C,), shift int32 (C,)) with
+    M = S_in S_w / S_out per output channel (Eqs. 22-23); a per-tensor S_w is repeated C times."""
+    in_scale, out_scale = p["in_qp"].scale, p["out_qp"].scale
+    w_scale = np.atleast_1d(p["w_scale"].cpu().numpy().astype(np.float64))
+    w_scale = np.broadcast_to(w_scale, (channels,)).copy()  # (C,) float64
+    m = np.float64(in_scale) * w_scale / np.float64(out_scale)  # (C,) float64
+    m0, shift = quantize_multiplier(m)
     if np.max(shift) > 30:
         raise ValueError(f"the multiplier S_in S_w / S_out = {np.max(m):.3g} is too large for int32 arithmetic")
-    return np.asarray(m0, dtype=np.int32), np.asarray(shift, dtype=np.int32)
+    return w_scale, np.asarray(m0, dtype=np.int32), np.asarray(shift, dtype=np.int32)
 
 
 def _int32_bias(bias_q: torch.Tensor, name: str) -> np.ndarray:
@@ -92,9 +96,7 @@ def _clamp(out_qp: QParams, relu6: bool) -> tuple[int, int]:
 def _conv_layer(name: str, src: str, m: QATConvBN) -> QConv2d:
     p = m.int_params()
     in_qp, out_qp = p["in_qp"], p["out_qp"]
-    w_scale = np.atleast_1d(p["w_scale"].cpu().numpy().astype(np.float64))
-    w_scale = np.broadcast_to(w_scale, (m.conv.out_channels,)).copy()
-    m0, shift = _multipliers(in_qp.scale, w_scale, out_qp.scale)
+    w_scale, m0, shift = _multipliers(p, m.conv.out_channels)
     act_min, act_max = _clamp(out_qp, p["relu6"])
     c = m.conv
     return QConv2d(
@@ -111,9 +113,7 @@ def _conv_layer(name: str, src: str, m: QATConvBN) -> QConv2d:
 def _linear_layer(name: str, src: str, m: QATLinear) -> QLinear:
     p = m.int_params()
     in_qp, out_qp = p["in_qp"], p["out_qp"]
-    w_scale = np.atleast_1d(p["w_scale"].cpu().numpy().astype(np.float64))
-    w_scale = np.broadcast_to(w_scale, (m.linear.out_features,)).copy()
-    m0, shift = _multipliers(in_qp.scale, w_scale, out_qp.scale)
+    w_scale, m0, shift = _multipliers(p, m.linear.out_features)
     return QLinear(
         name=name, inputs=(src,),
         w_q=p["w_q"].cpu().numpy().astype(np.int8),  # (Out, In)
