@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--out DIR] [--only SECTION ...] [--threads N]`` (see benchmarks/run.py)."""
+"""``python -m benchmarks [--quick] [--out DIR | --record] [--only SECTION ...] [--threads N]`` (see benchmarks/run.py)."""
 import os
 import sys
 

@@ -3,7 +3,9 @@
 * ``qlearn integer``  qlearn.integer.IntegerModel (from qlearn.convert.convert): readable numpy, integer
                       arithmetic only; float in -> quantize -> integer layers -> dequantize
 * ``torch float``     the float MobileNet in eval mode with BN folded into the convs (qlearn.bn_fold)
-* ``torch int8``      the same integers on PyTorch's quantized x86 engine (qlearn.latency.to_torch_int8)
+* ``torch int8``      the same integers on PyTorch's int8 kernels (qlearn.latency.to_torch_int8, engine "auto":
+                      qnnpack for full-range 8-bit integers, exact on every CPU; x86 when no int16 pair can
+                      saturate); the engine and the reason are recorded per model
 * ``torch int8 (own QAT)``  PyTorch's eager-mode QAT model of the same float network, converted
 
 at batch 1 (latency) and batch 256 (throughput), each int8 model built fresh for its batch size (see
@@ -39,10 +41,12 @@ def bench_model(arts: dict, batches: tuple[int, ...], quick: bool) -> dict:
         x = _batch(x_test, n)
         # Fresh int8 models for every batch size, first called with it: PyTorch's oneDNN int8 kernels
         # keep the primitive built on their first call and rebuild it on every call of another shape.
+        deployed = to_torch_int8(integer_model, "auto")
+        out["engine"], out["engine_reason"] = deployed.engine, deployed.engine_reason
         contenders = {
             "qlearn integer": lambda x: integer_model(x.numpy()),
             "torch float": fused,
-            "torch int8": to_torch_int8(integer_model, "x86"),
+            "torch int8": deployed,
             "torch int8 (own QAT)": copy.deepcopy(arts["torch_int8"]),
         }
         fast = {name: (lambda fn=fn: fn(x)) for name, fn in contenders.items() if name != "qlearn integer"}
@@ -63,9 +67,11 @@ def bench_model(arts: dict, batches: tuple[int, ...], quick: bool) -> dict:
 def run(artifacts: dict[str, dict], *, quick: bool, seed: int = 0) -> dict:
     batches = (1, 16) if quick else (1, 256)
     torch.backends.quantized.engine = "x86"
-    results: dict[str, Any] = {"batches": list(batches), "models": {}}
+    results: dict[str, Any] = {"batches": list(batches), "models": {}, "deployment": {}}
     for name in tqdm(list(artifacts), desc="integer engine", leave=False):
-        results["models"][name] = bench_model(artifacts[name], batches, quick)
+        rows = bench_model(artifacts[name], batches, quick)
+        results["deployment"][name] = {"engine": rows.pop("engine"), "reason": rows.pop("engine_reason")}
+        results["models"][name] = rows
         results.setdefault("configs", {})[name] = dict(artifacts[name]["float"].config)
     rng = np.random.default_rng(seed)
     layers = []

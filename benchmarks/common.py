@@ -45,6 +45,8 @@ def _read(path: str) -> str:
 
 
 def machine() -> dict[str, Any]:
+    from qlearn.latency import cpu_int8_features
+
     """CPU model, cores, RAM (from /proc), load, OS, and the versions that matter."""
     import matplotlib
     import torch
@@ -77,5 +79,8 @@ def machine() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "versions": versions,
         "torch_threads": torch.get_num_threads(),
-        "quantized_engine": "x86",
+        # PyTorch's x86 int8 kernels add uint8 x int8 products in int16 pairs without VNNI (qlearn.saturation);
+        # each deployment records the engine qlearn.latency chose for its integers, and why
+        "int8_features": {k: v for k, v in cpu_int8_features().items() if k != "source"},
+        "quantized_engine": "per deployment: qlearn.latency.to_torch_int8(engine='auto')",
     }

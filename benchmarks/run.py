@@ -1,4 +1,4 @@
-"""The benchmark suite's entry point: ``python -m benchmarks [--quick] [--out DIR]``.
+"""The benchmark suite's entry point: ``python -m benchmarks [--quick] [--out DIR | --record]``.
 
 Runs every section, each a median over repeats after warm-up with its baseline measured in the
 same run, and writes
@@ -7,14 +7,26 @@ same run, and writes
     DIR/RESULTS.md     the same as tables, headline ratios first
     figure             latency vs accuracy (the paper's Figure 4.1 on this CPU)
 
-With no ``--out`` the results go to benchmarks/ and the figure to figures/latency_vs_accuracy.png;
-with ``--out DIR`` everything goes to DIR. Sections (``--only`` picks some):
+Where: ``--out DIR`` writes everything to DIR. Without it a run writes to runs/benchmarks/ (git-ignored;
+the path is printed), so a quick or local run never touches the committed record. Only ``--record`` (a
+full run: not with ``--quick`` or ``--only``) replaces the committed benchmarks/RESULTS.md,
+benchmarks/results.json and figures/latency_vs_accuracy.png. Sections (``--only`` picks some):
 
     sliders     slider response of every explorer in qlearn.widgets        (bench_sliders)
     notebooks   execution time of every lesson notebook                    (bench_notebooks)
     pipeline    qlearn's pipeline per stage; its QAT flow vs PyTorch's      (bench_pipeline)
     engine      qlearn integer vs torch float vs torch int8, batch 1 / 256  (bench_engine; needs pipeline)
-    latency     latency vs accuracy, float vs 8-bit on the x86 int8 engine  (bench_latency_accuracy)
+    latency     latency vs accuracy, float vs 8-bit on PyTorch int8 and     (bench_latency_accuracy)
+                ONNX Runtime
+    onnx        ONNX Runtime vs torch int8 vs float, batch 1 / 256          (bench_onnx)
+    imagenet    EfficientNet-Lite0 at 224x224: qlearn engine images/s, int8   (bench_imagenet)
+                vs float latency
+    grading     a class batch with attacks, sandboxed vs not                (bench_grading)
+    distributed the folder pipeline on 1 and 2 processes (torchrun, gloo)   (bench_distributed)
+
+The int8 deployments use ``qlearn.latency.to_torch_int8(engine="auto")``; each records the engine it
+ran on and why, and the machine record lists the CPU's int8 features (avx2 / avx512_vnni / avx_vnni /
+amx_int8), which decide whether PyTorch's x86 kernels add products in saturating int16 pairs.
 
 ``--quick`` runs every section small (a smoke run of a minute or two, used by the test suite).
 Torch and BLAS run on ``--threads`` threads (default 1: steady numbers on a shared machine, and the
@@ -37,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("sliders", "notebooks", "pipeline", "engine", "latency")
+SECTIONS = ("sliders", "notebooks", "pipeline", "engine", "latency", "onnx", "imagenet", "grading", "distributed")
 RESULTS_FORMAT = "qlearn-benchmarks-v1"
 
 
@@ -45,7 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="every section small: a smoke run (tests use it)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="write results.json, RESULTS.md and the figure here (default: benchmarks/ and figures/)")
+                   help="write results.json, RESULTS.md and the figure here (default: runs/benchmarks/)")
+    p.add_argument("--record", action="store_true",
+                   help="a full run that replaces the committed benchmarks/RESULTS.md, results.json and "
+                        "figures/latency_vs_accuracy.png")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=None, help="run only these sections")
     p.add_argument("--threads", type=int, default=1, help="torch / BLAS threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -54,7 +69,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.threads < 1:
         p.error("--threads must be >= 1")
+    if a.record and (a.quick or a.only or a.out):
+        p.error("--record replaces the committed results with a full run: it cannot be combined with --quick, "
+                "--only or --out")
     return a
+
+
+def destinations(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(folder for results.json and RESULTS.md, path of the figure) for these arguments."""
+    if args.record:
+        return ROOT / "benchmarks", ROOT / "figures" / "latency_vs_accuracy.png"
+    out = Path(args.out) if args.out else ROOT / "runs" / "benchmarks"
+    return out, out / "latency_vs_accuracy.png"
 
 
 # ----------------------------------------------------------------------------------- headlines
@@ -72,6 +98,9 @@ def headlines(results: dict) -> dict[str, Any]:
         pts = lat["points"]
         h["int8_vs_float_latency_speedup_geomean"] = _geomean([p["speedup"] for p in pts])
         h["int8_vs_float_latency_speedup_range"] = [min(p["speedup"] for p in pts), max(p["speedup"] for p in pts)]
+        h["int8_engine"] = lat.get("engine", "x86")
+        if all("onnx_ms" in p for p in pts):
+            h["onnx_vs_float_latency_speedup_geomean"] = _geomean([p["float_ms"] / p["onnx_ms"] for p in pts])
         h["int8_minus_float_accuracy_points_mean"] = float(np.mean([100 * (p["int8_acc"] - p["float_acc"]) for p in pts]))
         h["int8_top1_agreement_with_qlearn_min"] = min(p["agreement_vs_qlearn"]["top1_agreement"] for p in pts)
         h["int8_exact_codes_with_qlearn_mean"] = float(np.mean([p["agreement_vs_qlearn"]["exact_output_fraction"] for p in pts]))
@@ -100,6 +129,7 @@ def headlines(results: dict) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- markdown
+
 def _f(v: Any, nd: int = 1) -> str:
     if v is None:
         return "-"
@@ -112,19 +142,37 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _features(m: dict) -> str:
+    f = m.get("int8_features")
+    if not f:
+        return "not recorded"
+    have = [k for k, v in f.items() if v]
+    note = ("PyTorch's x86 int8 kernels use exact VNNI dot products (depthwise convs with > 100 channels excepted)"
+            if f.get("avx512_vnni") else "no avx512_vnni: PyTorch's x86 int8 kernels add uint8 x int8 products in "
+            "saturating int16 pairs (qlearn.saturation)")
+    return f"{', '.join(have) or 'none of avx2 / avx512_vnni / avx_vnni / amx_int8'} ({note})"
+
+
+def _deployment(reasons: dict[str, str]) -> list[str]:
+    """One line per distinct (engine, reason) of the int8 deployments in a section."""
+    return [f"- {who}: {reason}" for who, reason in reasons.items()]
+
+
 def markdown(results: dict) -> str:
     m, h, s = results["machine"], results["headlines"], results["sections"]
     v = m["versions"]
     lines = [
         "# qlearn benchmarks" + (" (quick mode: smoke-run numbers, not results)" if results["quick"] else ""),
         "",
-        f"Generated by `python -m benchmarks{' --quick' if results['quick'] else ''}` on {m['date']} "
+        f"Generated by `python -m benchmarks{' --quick' if results['quick'] else ''}"
+        f"{' --record' if results.get('recorded') else ''}` on {m['date']} "
         f"in {results['total_seconds']:.0f} s.",
         "",
         f"**Machine**: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable), "
         f"{m['ram_gib']} GiB RAM, SIMD {', '.join(m['simd']) or 'none'}; {m['os']}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}. Torch and BLAS threads: {results['threads']}.",
-        f"**Versions**: Python {v['python']}, numpy {v['numpy']}, torch {v['torch']} (quantized engine x86), "
+        f"**int8 features**: {_features(m)}.",
+        f"**Versions**: Python {v['python']}, numpy {v['numpy']}, torch {v['torch']}, "
         f"matplotlib {v['matplotlib']}, ipywidgets {v['ipywidgets']}, nbclient {v['nbclient']}, "
         f"scikit-learn {v['sklearn']}.",
         "",
@@ -133,7 +181,8 @@ def markdown(results: dict) -> str:
     ]
     if "int8_vs_float_latency_speedup_geomean" in h:
         lo, hi = h["int8_vs_float_latency_speedup_range"]
-        lines.append(f"- **int8 vs float latency** (MobileNet v1, batch 1, PyTorch x86 int8 fed qlearn's QAT integers): "
+        lines.append(f"- **int8 vs float latency** (MobileNet v1, batch 1, PyTorch {h.get('int8_engine', 'x86')} int8 fed "
+                     f"qlearn's QAT integers): "
                      f"{h['int8_vs_float_latency_speedup_geomean']:.2f}x faster (geometric mean; {lo:.2f}x to {hi:.2f}x "
                      f"over widths and input sizes).")
         lines.append(f"- **8-bit accuracy vs float** (same models): {h['int8_minus_float_accuracy_points_mean']:+.2f} "
@@ -250,7 +299,9 @@ def markdown(results: dict) -> str:
     if eng:
         lines += ["", "## Integer engine", "",
                   "The pipeline's 8-bit QAT network, float images in, logits out; median ms per call, images/s, and "
-                  "speed relative to torch float (eval, BN folded) in the same run.", "",
+                  "speed relative to torch float (eval, BN folded) in the same run. torch int8 ran on:", ""]
+        lines += _deployment({m: f"**{d['engine']}** ({d['reason']})" for m, d in eng.get("deployment", {}).items()})
+        lines += ["",
                   "| model | batch | contender | median ms | p95 ms | images/s | vs torch float |", "|---|---|---|---|---|---|---|"]
         for mm, rows in eng["models"].items():
             for b, row in rows.items():
@@ -269,20 +320,82 @@ def markdown(results: dict) -> str:
         st = lat["settings"]
         lines += ["", "## Latency vs accuracy (the paper's Figure 4.1 on this CPU)", "",
                   f"{st['arch']} on digits, float {st['float_epochs']} epochs then qlearn 8-bit QAT {st['qat_epochs']} "
-                  f"epochs; the QAT integers deployed on PyTorch's x86 int8 engine (qlearn.latency.to_torch_int8). "
+                  f"epochs; the QAT integers deployed on PyTorch's {lat.get('engine', 'x86')} int8 engine "
+                  f"(qlearn.latency.to_torch_int8, engine 'auto': "
+                  f"{'; '.join(sorted({p.get('engine_reason', 'x86: recorded before the engine was chosen') for p in lat['points']}))}). "
                   f"Batch 1, {lat['threads']} thread(s), float and int8 timed in alternating rounds. Figure: "
                   f"`{results['figure']}`.", "",
                   "| width | input | float acc | int8 acc | float ms | int8 ms | speed-up | top-1 = qlearn engine | "
-                  "identical codes | per-layer identical (min) |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "identical codes | per-layer identical (min) | ONNX Runtime ms | ONNX acc |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in lat["points"]:
             ag = p["agreement_vs_qlearn"]
+            onnx = (f"{p['onnx_ms']:.3f} | {_pct(p['onnx_acc'])}" if "onnx_ms" in p else "- | -")
             lines.append(f"| {p['width']:g} | {p['input_size']} | {_pct(p['float_acc'])} | {_pct(p['int8_acc'])} | "
                          f"{p['float_ms']:.3f} | {p['int8_ms']:.3f} | {p['speedup']:.2f}x | {_pct(ag['top1_agreement'])} % | "
-                         f"{_pct(ag['exact_output_fraction'])} % | {_pct(p['per_layer_exact_min'])} % |")
+                         f"{_pct(ag['exact_output_fraction'])} % | {_pct(p['per_layer_exact_min'])} % | {onnx} |")
         lines += ["", "Identical codes: the deployed model's uint8 logits vs qlearn's integer engine on the same uint8 "
                   "input. Per layer, each PyTorch layer is fed qlearn's codes of its input: differences there are single "
                   "1-LSB roundings (PyTorch requantizes with a float multiplier, qlearn with the fixed-point M0, shift; "
                   "PyTorch's average pool rounds ties differently), which then compound through the network."]
+    ox = s.get("onnx", {}).get("result")
+    if ox:
+        lines += ["", "## ONNX Runtime vs PyTorch int8 vs float (benchmarks/bench_onnx.py)", "",
+                  f"ONNX Runtime {ox['onnxruntime']}, one thread for every runtime. The same integers on three engines: "
+                  "qlearn's converted 8-bit QAT model exported with `qlearn.onnx_export` (uint8 weights: exact U8U8 "
+                  "kernels on every x86 CPU; integer pool, Eq. 35) and run by ONNX Runtime on uint8 codes; handed to "
+                  "PyTorch's int8 kernels by `qlearn.latency.to_torch_int8` (engine \"auto\"); and the BN-fused float "
+                  "model. Median ms of interleaved rounds.", "",
+                  "| model | batch | ONNX Runtime int8 ms | ONNX fixed-point (bit-exact) ms | torch int8 ms (engine) | "
+                  "torch float ms | ONNX vs float | ONNX vs torch int8 |", "|---|---|---|---|---|---|---|---|"]
+        for p in ox["points"]:
+            for b, v in p["latency"].items():
+                o, x, t, f = (v[k]["median_ms"] for k in ("onnxruntime_int8", "onnxruntime_int8_fixedpoint",
+                                                           "torch_int8", "torch_float"))
+                lines.append(f"| {p['model']} | {b} | {o:.3f} | {x:.3f} | {t:.3f} ({v['engine_torch']}) | {f:.3f} | "
+                             f"{f / o:.1f}x | {t / o:.1f}x |")
+        lines += ["", "Agreement with qlearn's integer engine on the same uint8 input codes (Eq. 69):", "",
+                  "| model | engine | identical output codes | max LSB | top-1 = qlearn |", "|---|---|---|---|---|"]
+        for p in ox["points"]:
+            for label, key in (("ONNX Runtime (QLinear ops)", "agreement_onnx_vs_qlearn"),
+                               ("ONNX Runtime (fixed-point graph)", "agreement_onnx_fixedpoint_vs_qlearn"),
+                               ("torch int8", "agreement_torch_vs_qlearn")):
+                a = p[key]
+                lines.append(f"| {p['model']} | {label} | {_pct(a['exact_output_fraction'])} % | {a['max_lsb_diff']} | "
+                             f"{_pct(a['top1_agreement'])} % |")
+    im = s.get("imagenet", {}).get("result")
+    if im:
+        from benchmarks.bench_imagenet import markdown as imagenet_markdown
+
+        lines += ["", "## A real ImageNet network: EfficientNet-Lite0 at 224x224 (benchmarks/bench_imagenet.py)", "",
+                  imagenet_markdown(im).rstrip()]
+    dd = s.get("distributed", {}).get("result")
+    if dd:
+        lines += ["", "## Many processes: torchrun + DDP (benchmarks/bench_distributed.py)", "",
+                  "The quick pipeline on a generated image folder (`--dataset folder`), the same global batch on 1 and "
+                  "2 processes (gloo). Images per second of each training stage, and the ratio 2 / 1:", "",
+                  "| stage | 1 process | 2 processes | ratio |", "|---|---|---|---|"]
+        one, two = (dd["processes"][k] for k in sorted(dd["processes"], key=int))
+        for stage, ratio in dd["ratio_2_over_1"].items():
+            a, b = one["images_per_s"].get(stage), two["images_per_s"].get(stage)
+            lines.append(f"| {stage} | {_f(a, 0)} | {_f(b, 0)} | {_f(ratio, 2)} |")
+        lines += ["", f"Integer model identical on every rank: {two['identical_integer_model_on_all_ranks']}. On a "
+                  "2-core CPU two processes share the cores that one already uses; the ratio shows the cost of the "
+                  "synchronisation, not a speed-up."]
+    gr = s.get("grading", {}).get("result")
+    if gr:
+        lines += ["", "## Grading a class (python -m qlearn grade)", "",
+                  f"Generated exercise submissions graded with {gr['jobs']} parallel jobs, {gr['examples']} generated "
+                  "cases per task; sandboxed = each notebook in a bubblewrap sandbox (qlearn.grading.sandbox).", "",
+                  "| batch | submissions | seconds | per submission | honest scores wrong | forged scores above 0 |",
+                  "|---|---|---|---|---|---|"]
+        for label in ("hostile_sandboxed", "honest_sandboxed", "honest_unsandboxed"):
+            r = gr[label]
+            lines.append(f"| {label.replace('_', ', ')} | {r['submissions']} | {r['seconds']:.1f} | "
+                         f"{r['seconds_per_submission']:.2f} | {len(r['honest_scores_wrong'])} | "
+                         f"{len(r['forged_scores_nonzero'])} |")
+        lines += ["", f"Connections from inside accepted by the test listener: {gr['connections_accepted']}; "
+                  f"processes left after the batches: {len(gr['processes_left'])}."]
     lines += ["", "## Section wall times", "", "| section | seconds |", "|---|---|"]
     lines += [f"| {k} | {r['seconds']:.1f} |" for k, r in s.items()]
     return "\n".join(lines) + "\n"
@@ -292,19 +405,21 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.backends.quantized.engine = "x86"
+    torch.backends.quantized.engine = "x86"  # PyTorch's own QAT flow (7-bit activations); qlearn's integers choose
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from benchmarks import bench_engine, bench_latency_accuracy, bench_notebooks, bench_pipeline, bench_sliders
+    from benchmarks import (bench_distributed, bench_engine, bench_grading, bench_imagenet, bench_latency_accuracy,
+                            bench_notebooks, bench_onnx, bench_pipeline, bench_sliders)
     from benchmarks.common import machine
 
-    out = Path(args.out) if args.out else ROOT / "benchmarks"
-    figure = out / "latency_vs_accuracy.png" if args.out else ROOT / "figures" / "latency_vs_accuracy.png"
+    out, figure = destinations(args)
     out.mkdir(parents=True, exist_ok=True)
+    print(f"benchmark results go to {out}" + ("" if args.record else " (not the committed record; --record replaces it)"))
     wanted = [s for s in SECTIONS if args.only is None or s in args.only]
     if "engine" in wanted and "pipeline" not in wanted:
         wanted.insert(wanted.index("engine"), "pipeline")  # the engine times the pipeline's models
-    results: dict[str, Any] = {"format": RESULTS_FORMAT, "quick": bool(args.quick), "seed": args.seed,
+    results: dict[str, Any] = {"format": RESULTS_FORMAT, "quick": bool(args.quick), "recorded": bool(args.record),
+                               "seed": args.seed,
                                "threads": args.threads, "machine": machine(), "sections": {},
                                "figure": None}
     start = time.perf_counter()
@@ -327,6 +442,15 @@ def main(argv: list[str] | None = None) -> int:
                     if not artifacts:
                         raise RuntimeError("the pipeline section failed, so there are no models to time")
                     entry["result"] = bench_engine.run(artifacts, quick=args.quick, seed=args.seed)
+                elif name == "onnx":
+                    entry["result"] = bench_onnx.run(quick=args.quick, seed=args.seed)
+                elif name == "imagenet":
+                    entry["result"] = (bench_imagenet.run(crops=2, repeats=3, engine_images=1) if args.quick
+                                       else bench_imagenet.run())
+                elif name == "distributed":
+                    entry["result"] = bench_distributed.run(quick=args.quick)
+                elif name == "grading":
+                    entry["result"] = bench_grading.run(quick=args.quick)
                 elif name == "latency":
                     entry["result"] = bench_latency_accuracy.run(quick=args.quick, seed=args.seed)
                     results["figure"] = str(bench_latency_accuracy.plot(entry["result"], figure))
@@ -348,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(_finite(results), indent=2, default=_json_default, allow_nan=False) + "\n")
     (out / "RESULTS.md").write_text(markdown(results))
     print(f"wrote {out / 'results.json'} and {out / 'RESULTS.md'}" + (f"; figure {results['figure']}" if results["figure"] else ""))
+    if args.record:  # README's headline block quotes the record: rewrite it from the new numbers
+        from benchmarks import readme
+
+        print("README.md headline block " + ("rewritten" if readme.update() else "already up to date"))
     failed = [k for k, r in results["sections"].items() if r["error"]]
     if failed:
         print(f"failed sections: {', '.join(failed)}", file=sys.stderr)

@@ -11,13 +11,21 @@ in docs/equations.md.
     integer      integer-only kernels (conv, linear, add, pool) and IntegerModel     (Eqs. 20-39)
     bn_fold      batch-norm folding: fold_bn, fuse_conv_bn                          (Eqs. 40-43)
     models       MobileNet v1 (depthwise separable) and v2 (inverted residuals)
-    data         scikit-learn's bundled digits; MNIST / CIFAR-10 from a local folder
+    data         scikit-learn's bundled digits; MNIST / CIFAR-10 / image folders from a local folder
     train        a small deterministic trainer and safe checkpoints
     qat          fake-quant with the straight-through estimator, EMA ranges, QAT model (Eqs. 50-69)
     ptq          post-training quantization: calibrate, quantize, sweep bit widths
     convert      QAT model -> IntegerModel (int8 weights, int32 bias, M0/shift), agreement
     pipeline     float -> PTQ -> QAT -> integer engine, one command (python -m qlearn pipeline)
-    latency      the paper's latency claim on a real int8 runtime (PyTorch's x86 engine)
+    latency      the paper's latency claim on a real int8 runtime (PyTorch's qnnpack or x86 engine,
+                 chosen from the integers so that it computes exactly)
+    saturation   int16 pair arithmetic: where x86 int8 kernels saturate (Eq. 75)
+    onnx_export  qlearn's integers as an ONNX graph (QLinear ops, or bit-exact fixed point), on ONNX Runtime
+    deploy       notebook 13: PyTorch's eager flow, PyTorch int8 and ONNX Runtime side by side
+    efficientnet EfficientNet-Lite0 with ImageNet weights; photos: scikit-learn's photos as crops
+    equalization cross-layer equalization, bias correction; imagenet_ptq: notebook 12's PTQ variants
+    folder_data  ImageNet-layout image folders; distributed: torchrun / DDP for the pipeline
+    shipped      the trained models the lessons read, the same on every machine
     widgets      the sliders of the notebooks; figures regenerates figures/ from them
     grading      qlearn.check(...) in exercise notebooks; python -m qlearn grade for instructors
     lecture      python -m qlearn lecture NN: a lesson as a code-free page (Voila)

@@ -77,3 +77,79 @@ def check_integer_array(x: Any, name: str = "x") -> np.ndarray:
             "quantize real values first with qlearn.quantize"
         )
     return x
+
+
+#: Seeds are integers in [0, 2^32 - 1]: the range numpy's legacy seeding and scikit-learn's
+#: ``random_state`` accept (torch accepts more; the narrowest of the three is the one that works).
+SEED_MAX = 2**32 - 1
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Flags are booleans: ``'False'``, ``'no'``, 0 or 1 are refused (a non-empty string is truthy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    allow_none: bool = False,
+) -> int | None:
+    """An integer (not a bool, not a float) in [minimum, maximum]; ``None`` too when ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    if minimum is not None and maximum is not None:
+        allowed = f"an integer between {minimum} and {maximum}"
+    elif minimum is not None:
+        allowed = f"an integer >= {minimum}"
+    elif maximum is not None:
+        allowed = f"an integer <= {maximum}"
+    else:
+        allowed = "an integer"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {allowed}{' or None' if allow_none else ''}, got {value!r}")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def check_seed(seed: Any, name: str = "seed", *, maximum: int = SEED_MAX) -> int:
+    """A random seed: an integer in [0, ``maximum``] (default [0, 2^32 - 1], see ``SEED_MAX``)."""
+    return check_int(seed, name, minimum=0, maximum=maximum)  # type: ignore[return-value]
+
+
+def check_finite_tensor(t: Any, name: str) -> None:
+    """Refuse a torch tensor holding NaN or inf (the numpy path's ``as_float_array`` does the same).
+
+    One ``aminmax`` pass: NaN propagates into both results and inf shows in one of them, so the
+    check costs one reduction (~2% of a fake-quant pass), not a boolean mask of the whole tensor.
+    """
+    if t.numel() == 0 or not t.is_floating_point():
+        return
+    lo, hi = (float(v) for v in t.detach().aminmax())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        bad = "NaN" if np.isnan(lo) or np.isnan(hi) else "inf"
+        raise ValueError(
+            f"{name} contains {bad}; it must hold finite values "
+            "(look for a division by zero or a diverged training run upstream)"
+        )
+
+
+def check_broadcast(**arrays: Any) -> tuple[int, ...]:
+    """The common broadcast shape of the named arrays, or a ValueError naming them and their shapes."""
+    shapes = {name: np.shape(a) for name, a in arrays.items()}
+    try:
+        return tuple(np.broadcast_shapes(*shapes.values()))
+    except ValueError:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        names = list(shapes)
+        joined = ", ".join(names[:-1]) + " and " + names[-1]
+        raise ValueError(
+            f"{joined} have shapes that do not broadcast together: {listed} "
+            "(per-channel values need one entry per channel along the last axes)"
+        ) from None

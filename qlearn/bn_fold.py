@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qlearn._checks import as_float_array
+from qlearn._checks import as_float_array, check_finite_tensor
 
 __all__ = ["fold_bn", "fuse_conv_bn", "fuse_model"]
 
@@ -63,6 +63,7 @@ def fold_bn(w: Any, b: Any, gamma: Any, beta: Any, mean: Any, var: Any, eps: flo
     b: (C,) bias, or None for a conv without bias (treated as zeros).
     gamma, beta, mean, var: (C,) BN weight, bias, running mean and running variance.
 
+    Every input must be finite (NaN or inf raise ValueError naming it) and var >= 0.
     With numpy (or list) inputs the arithmetic is float64 and numpy arrays come back; when every
     given input is a torch tensor the result is a torch tensor (same dtype; differentiable, which
     is what folding during training needs, paper Sec. 3.2).
@@ -76,6 +77,8 @@ def fold_bn(w: Any, b: Any, gamma: Any, beta: Any, mean: Any, var: Any, eps: flo
         for name, v in given.items():
             if not torch.is_floating_point(v):
                 raise TypeError(f"{name} must be a floating-point tensor, got dtype {v.dtype}")
+            with torch.no_grad():
+                check_finite_tensor(v, name)  # as as_float_array does for numpy input
         arrays = given
     elif any(tensors):
         raise TypeError("pass either all torch tensors or all numpy arrays/lists to fold_bn, not a mix")
@@ -124,6 +127,13 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         )
     c = conv.out_channels
     with torch.no_grad():
+        named = {"conv.weight": conv.weight, "conv.bias": conv.bias, "bn.weight": bn.weight, "bn.bias": bn.bias,
+                 "bn.running_mean": bn.running_mean, "bn.running_var": bn.running_var}
+        for name, t in named.items():
+            if t is not None:
+                check_finite_tensor(t, name)
+        if torch.any(bn.running_var < 0):
+            raise ValueError("bn.running_var must be non-negative (it is a variance)")
         f64 = dict(dtype=torch.float64)
         gamma = bn.weight.to(**f64) if bn.affine else torch.ones(c, **f64)
         beta = bn.bias.to(**f64) if bn.affine else torch.zeros(c, **f64)
@@ -161,10 +171,14 @@ def fuse_model(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
     fused = copy.deepcopy(model).eval()
+    names = {m: n for n, m in fused.named_modules()}
     found = 0
     for module in fused.modules():
         if isinstance(module, ConvBNReLU) and isinstance(module.bn, nn.BatchNorm2d):
-            module.conv = fuse_conv_bn(module.conv, module.bn)
+            try:
+                module.conv = fuse_conv_bn(module.conv, module.bn)
+            except ValueError as exc:  # say which block: a model has dozens of them
+                raise ValueError(f"block {names[module]!r}: {exc}") from None
             module.bn = nn.Identity()
             found += 1
     if found == 0 and not any(isinstance(m, ConvBNReLU) for m in fused.modules()):

@@ -104,7 +104,9 @@ def _conv_layer(name: str, src: str, m: QATConvBN) -> QConv2d:
         w_q=p["w_q"].cpu().numpy().astype(np.int8),  # (Cout, Cin/groups, kh, kw)
         bias_q=_int32_bias(p["bias_q"], name),  # (Cout,) int32
         in_zp=in_qp.zero_point, out_zp=out_qp.zero_point, m0=m0, shift=shift,
-        stride=tuple(c.stride), padding=tuple(c.padding), groups=c.groups,
+        stride=tuple(c.stride), groups=c.groups,
+        # TensorFlow SAME padding (qlearn.efficientnet.Conv2dSame): asymmetric, pads with in_zp (Eq. 38)
+        padding="same" if getattr(c, "same_padding", False) else tuple(c.padding),
         act_min=act_min, act_max=act_max,
         in_scale=in_qp.scale, w_scale=w_scale if m.per_channel else float(w_scale[0]), out_scale=out_qp.scale,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import numbers
 import pickle
 import struct
@@ -25,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from qlearn._checks import check_int, check_seed
 
 __all__ = [
     "ImageData",
@@ -38,7 +41,7 @@ __all__ = [
     "DATASETS",
 ]
 
-DATASETS = ("digits", "mnist", "cifar10")
+DATASETS = ("digits", "mnist", "cifar10", "folder")
 DIGITS_TEST_FRACTION = 0.3
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -91,13 +94,8 @@ class ImageData:
 
 
 def _check_size(input_size: Any) -> int | None:
-    if input_size is None:
-        return None
-    if isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral):
-        raise TypeError(f"input_size must be an integer number of pixels (or None), got {input_size!r}")
-    if not 4 <= int(input_size) <= 512:
-        raise ValueError(f"input_size must be between 4 and 512 pixels, got {input_size}")
-    return int(input_size)
+    """An image side in pixels, 4..512, or None (keep the stored size)."""
+    return check_int(input_size, "input_size", minimum=4, maximum=512, allow_none=True)
 
 
 def upsample(images: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -121,9 +119,8 @@ def load_digits_data(input_size: int = 32, *, seed: int = 0, test_fraction: floa
     from sklearn.model_selection import train_test_split
 
     size = _check_size(input_size)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
-    if not isinstance(test_fraction, numbers.Real) or not 0.05 <= float(test_fraction) <= 0.95:
+    seed = check_seed(seed)  # [0, 2^32 - 1]: scikit-learn's random_state range
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real) or not 0.05 <= float(test_fraction) <= 0.95:
         raise ValueError(f"test_fraction must be between 0.05 and 0.95, got {test_fraction!r}")
     digits = load_digits()
     images = digits.images.astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
@@ -175,7 +172,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path} is corrupt: header too short for {ndim} dimensions")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[code])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: exact (an int64 product can wrap around)
     body = raw[4 + 4 * ndim :]
     if len(body) != expected:
         raise ValueError(
@@ -202,8 +199,10 @@ def _check_folder(root: Any, what: str) -> Path:
     if not isinstance(root, (str, Path)):
         raise TypeError(f"root must be a folder path, got {type(root).__name__}")
     folder = Path(root)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{what} data_dir {folder} is a file, not a folder: pass the folder that holds the files")
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder {folder} does not exist")
+        raise FileNotFoundError(f"{what} data_dir {folder} does not exist")
     return folder
 
 
@@ -313,10 +312,23 @@ def load_cifar10(root: str | Path, input_size: int | None = None) -> ImageData:
     return ImageData("cifar10", xtr, ytr, xte, yte, CIFAR10_CLASSES)
 
 
-def load_dataset(name: str = "digits", *, root: str | Path | None = None, input_size: int = 32, seed: int = 0) -> ImageData:
-    """Load ``name`` in {'digits', 'mnist', 'cifar10'}; digits needs no ``root`` (it is bundled)."""
+def load_dataset(name: str = "digits", *, root: str | Path | None = None, input_size: int = 32, seed: int = 0,
+                 limit_per_class: int | None = None, workers: int = 0) -> ImageData:
+    """Load ``name`` in {'digits', 'mnist', 'cifar10', 'folder'}; digits needs no ``root`` (it is bundled).
+
+    'folder' streams an ImageNet-layout folder (``qlearn.folder_data.load_folder_data``; returns a
+    ``FolderData`` whose ``train_set`` is read from disk while training); ``limit_per_class`` keeps the
+    first k images of each class and ``workers`` decodes with that many processes (folder only).
+    """
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a string, got {name!r}")
+    if name == "folder":
+        from qlearn.folder_data import load_folder_data
+
+        return load_folder_data(_check_folder(root, "image folder"), input_size, seed=seed,
+                                limit_per_class=limit_per_class, workers=workers)
+    if limit_per_class is not None:
+        raise ValueError(f"limit_per_class (--limit-per-class) applies to the 'folder' dataset, not {name!r}")
     if name == "digits":
         return load_digits_data(input_size, seed=seed)
     if name == "mnist":

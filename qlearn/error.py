@@ -39,20 +39,37 @@ def max_abs_error(x: Any, x_hat: Any) -> float:
     return float(np.max(np.abs(b - a)))
 
 
+def _log10_sum_squares(v: np.ndarray, peak: float) -> float:
+    """log10(sum v^2) without overflow or underflow: v is divided by its peak |v| first.
+
+    sum (v / peak)^2 lies in [1, v.size], so the logarithm is 2 log10(peak) + log10(that sum).
+    """
+    return 2.0 * float(np.log10(peak)) + float(np.log10(np.sum((v / peak) ** 2)))
+
+
 def sqnr_db(x: Any, x_hat: Any) -> float:
     """Signal-to-quantization-noise ratio 10 log10(sum x^2 / sum (x_hat - x)^2) in dB (Eq. 18).
 
     Returns +inf when the reconstruction is exact (no noise at all), and raises when the signal
-    itself is all zeros (the ratio means nothing there).
+    itself is all zeros (the ratio means nothing there). Signal and noise are each scaled by their
+    largest magnitude before squaring, so values near the ends of float64 (1e200, 1e-200), whose
+    squares would overflow to inf or underflow to 0, give the same answer as values near 1.
     """
     a, b = _pair(x, x_hat)
-    signal = float(np.sum(a * a))
-    noise = float(np.sum((b - a) ** 2))
-    if signal == 0.0:
+    peak_x = float(np.max(np.abs(a)))
+    if peak_x == 0.0:
         raise ValueError("x is all zeros: the signal-to-noise ratio is undefined for a zero signal")
-    if noise == 0.0:
-        return float("inf")
-    return 10.0 * float(np.log10(signal / noise))
+    with np.errstate(over="ignore"):
+        e = b - a  # float64 (N,); inf only where |x_hat - x| exceeds 1.8e308
+    if np.all(np.isfinite(e)):
+        peak_e = float(np.max(np.abs(e)))
+        if peak_e == 0.0:
+            return float("inf")
+        log_noise = _log10_sum_squares(e, peak_e)
+    else:  # the difference overflowed: subtract after scaling both sides by their common peak
+        peak = max(peak_x, float(np.max(np.abs(b))))
+        log_noise = _log10_sum_squares(b / peak - a / peak, 1.0) + 2.0 * float(np.log10(peak))
+    return 10.0 * (_log10_sum_squares(a, peak_x) - log_noise)
 
 
 def uniform_noise_mse(scale: Any) -> Any:

@@ -8,9 +8,12 @@ function of a ``qlearn.widgets`` module that can be called without arguments is 
 ``<module>_<name>.png``, so a new lesson's figures appear without editing this file (register them
 to give them a better name).
 
-The PNGs are deterministic: the data are seeded, the lesson model is trained deterministically and
-cached (``qlearn.widgets.per_channel.lesson_model``), and the files carry fixed metadata (no
-software version, no date), so two runs write byte-identical files.
+The PNGs are the same on every machine: the data are seeded, the lesson model and the quick pipeline
+run are the ones shipped with qlearn (``qlearn.shipped``; a model trained here would differ a little
+on another CPU), and the files carry fixed metadata (no software version, no date), so two runs write
+byte-identical files. The one figure in ``figures/`` that depends on timing, ``latency_vs_accuracy.png``,
+belongs to the benchmarks: ``python -m benchmarks --record`` draws it, and
+``python -m benchmarks.bench_latency_accuracy --redraw`` redraws it from ``benchmarks/results.json``.
 """
 from __future__ import annotations
 
@@ -90,29 +93,12 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("08_conv.png", "qlearn.widgets.integer_explorers:conv_explorer", "08"),
     FigureSpec("09_pipeline.png", "qlearn.widgets.pipeline:pipeline_explorer", "09"),
     FigureSpec("09_integer_layers.png", "qlearn.widgets.pipeline:integer_layer_explorer", "09"),
-    FigureSpec("latency_vs_accuracy.png", "qlearn.figures:recorded_latency_figure", ""),
+    FigureSpec("12_imagenet_variants.png", "qlearn.widgets.imagenet:variants_explorer", "12"),
+    FigureSpec("13_engines.png", "qlearn.widgets.deploy:engines_explorer", "13"),
 ]
-
-
-def recorded_latency_figure() -> "Figure":
-    """The paper's Figure 4.1 on this CPU, redrawn from the numbers ``python -m benchmarks`` recorded.
-
-    Timing is not deterministic, so this figure is drawn from ``benchmarks/results.json`` of the
-    checkout (measured once, committed with benchmarks/RESULTS.md); re-measure with
-    ``python -m benchmarks``.
-    """
-    import json
-
-    from qlearn.latency import plot_latency_accuracy
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results.json"
-    if not path.is_file():
-        raise ValueError(f"no recorded benchmark results at {path}: run `python -m benchmarks` in the checkout")
-    try:
-        section = json.loads(path.read_text())["sections"]["latency"]["result"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} has no latency results ({exc}); run `python -m benchmarks` again") from exc
-    return plot_latency_accuracy(section)
+#: Figures drawn from float ImageNet inference measured on this CPU: their last bits (and so a bar's
+#: height by a pixel) can differ between CPUs, so the committed copy is compared by size only.
+MEASURED_HERE = {"12_imagenet_variants.png"}
 
 
 def _no_required_args(func: Callable) -> bool:

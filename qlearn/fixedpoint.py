@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from qlearn._checks import as_float_array
+from qlearn._checks import as_float_array, check_broadcast
 
 __all__ = [
     "INT32_MIN",
@@ -75,7 +75,10 @@ def _int32_operand(x: Any, name: str) -> tuple[np.ndarray, bool]:
     if isinstance(x, bool) or isinstance(x, np.bool_):
         raise TypeError(f"{name} must be an int32 integer (or an integer array), got a bool")
     if isinstance(x, numbers.Integral):
-        arr, scalar = np.asarray(int(x) if -(2**63) <= int(x) < 2**63 else 2**63, dtype=np.int64), True
+        value = int(x)  # a Python int may exceed int64: compare it exactly before converting
+        if not INT32_MIN <= value <= INT32_MAX:
+            raise ValueError(f"{name} must fit int32 [{INT32_MIN}, {INT32_MAX}], got {value}")
+        arr, scalar = np.asarray(value, dtype=np.int64), True
     elif isinstance(x, np.ndarray):
         if not np.issubdtype(x.dtype, np.integer):
             raise TypeError(
@@ -101,8 +104,12 @@ def _exponent(e: Any, name: str, lo: int, hi: int) -> np.ndarray:
     if isinstance(e, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer in [{lo}, {hi}], got a bool")
     if isinstance(e, numbers.Integral):
+        if not lo <= int(e) <= hi:  # exact for any Python int, before int64 could overflow
+            raise ValueError(f"{name} must lie in [{lo}, {hi}], got {int(e)}")
         arr = np.asarray(int(e), dtype=np.int64)
     elif isinstance(e, np.ndarray) and np.issubdtype(e.dtype, np.integer):
+        if e.dtype == np.uint64 and e.size and e.max() > hi:
+            raise ValueError(f"{name} must lie in [{lo}, {hi}], got values up to {e.max()}")
         arr = e.astype(np.int64)
     else:
         raise TypeError(f"{name} must be an integer (or integer array) in [{lo}, {hi}], got {e!r}")
@@ -134,6 +141,7 @@ def saturating_rounding_doubling_high_mul(a: Any, b: Any) -> Any:
     """
     a64, sa = _int32_operand(a, "a")
     b64, sb = _int32_operand(b, "b")
+    check_broadcast(a=a64, b=b64)
     return _out(_srdhm(a64, b64), sa and sb)
 
 
@@ -176,6 +184,7 @@ def rounding_divide_by_pot(x: Any, exponent: Any) -> Any:
     """
     x64, sx = _int32_operand(x, "x")
     e = _exponent(exponent, "exponent", 0, 31)
+    check_broadcast(x=x64, exponent=e)
     return _out(_rdbpot(x64, e), sx and e.ndim == 0)
 
 
@@ -197,6 +206,7 @@ def rounding_shift_right_half_up(x: Any, exponent: Any) -> Any:
     """
     x64, sx = _int32_operand(x, "x")
     e = _exponent(exponent, "exponent", 0, 31)
+    check_broadcast(x=x64, exponent=e)
     return _out(_half_up(x64, e), sx and e.ndim == 0)
 
 
@@ -255,6 +265,7 @@ def multiplier_value(m0: Any, shift: Any) -> Any:
     """The real number m0 * 2^(shift - 31) that (m0, shift) stands for (float64, exact)."""
     m, sm = _int32_operand(m0, "m0")
     s = _exponent(shift, "shift", -1100, 1100)
+    check_broadcast(m0=m, shift=s)
     out = np.ldexp(m.astype(np.float64), (s - 31).astype(np.int64))
     return float(out) if sm and np.ndim(shift) == 0 else out
 
@@ -288,6 +299,7 @@ def multiply_by_quantized_multiplier(x: Any, m0: Any, shift: Any, *, rounding: s
             f"quantize_multiplier), got {m64.min()}"
         )
     s = _exponent(shift, "shift", -31, 30)
+    check_broadcast(x=x64, m0=m64, shift=s)
     scalar = sx and sm and np.ndim(shift) == 0
     if rounding == "single":
         total = 31 - s  # in [1, 62]

@@ -6,7 +6,8 @@ path. A quantized layer computes, for real values r = S (q - Z) (Eq. 1),
     q3 = Z3 + M (q_bias + sum_j (q1_j - Z1) q2_j)                        (Eq. 20-21)
     M  = S1 S2 / S3  ~=  M0 2^(shift - 31)                               (Eq. 22-23)
 
-with int8 weights q2 (symmetric, Z2 = 0), uint8 (or int8) activations q1 / q3, an int32 bias of
+with int8 weights q2 (symmetric, Z2 = 0: qlearn's weight format, after Krishnamoorthi 2018 and the
+TFLite int8 specification; the paper's weights keep a zero point), uint8 (or int8) activations q1 / q3, an int32 bias of
 scale S1 S2 and zero point 0 (Eq. 24), an int32 accumulator (Eq. 25) and the fixed-point
 multiplication of ``qlearn.fixedpoint`` (Eq. 27-31). The fused activation is the clamp
 [act_min, act_max] of the output (paper Sec. 2.4; Eq. 37): ReLU6 costs nothing. Because the
@@ -123,7 +124,7 @@ def _clamp(act_min: Any, act_max: Any, dtype: np.dtype) -> tuple[int, int]:
 def _weights(w: Any, name: str, ndim: int) -> np.ndarray:
     w = check_integer_array(w, name)
     if w.dtype != np.int8:
-        raise TypeError(f"{name} must be int8 (symmetric weights, zero point 0; paper Sec. 2.4), got {w.dtype}")
+        raise TypeError(f"{name} must be int8 (symmetric weights, zero point 0; docs/conventions.md), got {w.dtype}")
     if w.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {w.shape}")
     if w.size == 0:
@@ -179,6 +180,35 @@ def _pair(v: Any, name: str, minimum: int) -> tuple[int, int]:
     return out
 
 
+def _padding(v: Any, size: tuple[int, int] | None = None, kernel: tuple[int, int] = (1, 1),
+             stride: tuple[int, int] = (1, 1)) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) from an int, a pair (h, w), a 4-tuple or "same".
+
+    "same" is TensorFlow's SAME padding for an input of ``size`` (H, W): output ceil(H / s), total
+    padding max((ceil(H/s) - 1) s + k - H, 0) per axis, the smaller half before, the larger after --
+    asymmetric for a stride-2 layer on an even input (EfficientNet's convs). Without ``size`` only
+    the spelling is checked (all zeros returned).
+    """
+    if isinstance(v, str):
+        if v != "same":
+            raise ValueError(f"padding must be an int, a pair, a 4-tuple (top, bottom, left, right) or 'same', got {v!r}")
+        if size is None:
+            return (0, 0, 0, 0)
+        pads = []
+        for n, k, s in zip(size, kernel, stride):
+            out = -(-n // s)
+            total = max((out - 1) * s + k - n, 0)
+            pads += [total // 2, total - total // 2]
+        return pads[0], pads[1], pads[2], pads[3]
+    if isinstance(v, (tuple, list)) and len(v) == 4:
+        out4 = tuple(_int(p, "padding") for p in v)
+        if min(out4) < 0:
+            raise ValueError(f"padding must be >= 0, got {v!r}")
+        return out4  # type: ignore[return-value]
+    ph, pw = _pair(v, "padding", 0)
+    return ph, ph, pw, pw
+
+
 def _check_int32(acc: np.ndarray, what: str) -> None:
     """Refuse accumulators outside int32 (Eq. 25): hardware would wrap them silently."""
     lo, hi = int(acc.min()), int(acc.max())
@@ -225,7 +255,7 @@ def conv2d_accumulator(
     bias_q: np.ndarray | None,
     *,
     stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
+    padding: int | tuple[int, ...] | str = 0,
     groups: int = 1,
 ) -> np.ndarray:
     """The int32 accumulator of ``conv2d`` before requantization (Eq. 25), as int64 holding int32 values.
@@ -250,14 +280,14 @@ def conv2d_accumulator(
         )
     bias = _bias(bias_q, cout)
     sh, sw = _pair(stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
-    if h + 2 * ph < kh or wd + 2 * pw < kw:
-        raise ValueError(f"the {kh}x{kw} kernel is larger than the padded input {h + 2 * ph}x{wd + 2 * pw}")
+    pt, pb, pl, pr = _padding(padding, (h, wd), (kh, kw), (sh, sw))  # asymmetric for "same" (TF SAME)
+    if h + pt + pb < kh or wd + pl + pr < kw:
+        raise ValueError(f"the {kh}x{kw} kernel is larger than the padded input {h + pt + pb}x{wd + pl + pr}")
 
     # Centre the input: x - Z1 in [-255, 255]. Padding with 0 *after* centring is padding x with
     # Z1 before it, so padded pixels are exactly the real value 0 (paper Sec. 2.1; Eq. 38).
     xc = x.astype(np.int16) - np.int16(x_zp)  # (N, Cin, H, W) int16, |.| <= 255
-    xc = np.pad(xc, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    xc = np.pad(xc, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     win = sliding_window_view(xc, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # (N, Cin, Ho, Wo, kh, kw) view
     ho, wo = win.shape[2], win.shape[3]
     x_absmax = int(np.abs(xc).max()) if xc.size else 0
@@ -298,7 +328,7 @@ def conv2d(
     out_zp: int,
     *,
     stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
+    padding: int | tuple[int, ...] | str = 0,
     groups: int = 1,
     act_min: int | None = None,
     act_max: int | None = None,
@@ -306,7 +336,8 @@ def conv2d(
     """Quantized 2-D convolution, NCHW (paper Sec. 2.2-2.4; Eq. 20-25).
 
     x_q    : (N, Cin, H, W) uint8 or int8 activations, zero point ``x_zp`` (in the dtype's range)
-    w_q    : (Cout, Cin/groups, kh, kw) int8 weights, zero point 0 (symmetric, paper Sec. 2.4)
+    w_q    : (Cout, Cin/groups, kh, kw) int8 weights, zero point 0 (symmetric; codes in [-127, 127] as
+             the paper's Sec. 3.1 keeps them, -128 accepted)
     bias_q : (Cout,) int32 of scale S1*S2 and zero point 0 (Eq. 24), or None for no bias
     m0, shift : fixed-point multiplier(s) M ~= m0 2^(shift-31) (Eq. 23), scalars or (Cout,) arrays
                (per-channel weights), from ``requant_multiplier``; m0 in [0, 2^31-1], shift in [-31, 30]
@@ -315,6 +346,8 @@ def conv2d(
                ReLU is [out_zp, qmax], ReLU6 [out_zp, out_zp + round(6/S3)] (``activation_range``)
 
     Returns (N, Cout, Ho, Wo) of x_q's dtype, Ho = (H + 2 ph - kh) // sh + 1.
+    padding: an int, a pair (ph, pw), a 4-tuple (top, bottom, left, right), or "same" (TensorFlow's
+    SAME: Ho = ceil(H / sh), asymmetric for stride 2 on even sizes); padded pixels hold x_zp (Eq. 38).
 
     acc = bias_q[o] + sum (x_pad - x_zp) w_q in int32 (Eq. 25; ``conv2d_accumulator``), the padding
     value being x_zp so that padded reals are exactly 0; an accumulator outside int32 raises
@@ -329,6 +362,21 @@ def conv2d(
     acc = conv2d_accumulator(x, x_zp, w_q, bias_q, stride=stride, padding=padding, groups=groups)
     return _requantize_acc(acc, m0_a, shift_a, out_zp, lo, hi, x.dtype, channel_axis=1)
 
+
+def _linear_args(x_q: Any, x_zp: Any, w_q: Any, bias_q: Any, m0: Any, shift: Any, out_zp: Any,
+                 act_min: Any, act_max: Any) -> tuple:
+    """The checked arguments of a fully connected layer (``linear`` here and in ``qlearn.saturation``):
+    x (N, In), x_zp, w (Out, In) int8, bias (Out,) int64, m0 and shift (Out,), out_zp, clamp lo, hi."""
+    x = _activation(x_q, "x_q", 2)
+    x_zp = _zero_point(x_zp, "x_zp", x.dtype)
+    w = _weights(w_q, "w_q", 2)
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"w_q is (Out, In) = {w.shape} but x_q has {x.shape[1]} features (shape {x.shape})")
+    out_zp = _zero_point(out_zp, "out_zp", x.dtype)
+    lo, hi = _clamp(act_min, act_max, x.dtype)
+    bias = _bias(bias_q, w.shape[0])
+    m0_a, shift_a = _multipliers(m0, shift, w.shape[0])
+    return x, x_zp, w, bias, m0_a, shift_a, out_zp, lo, hi
 
 def linear(
     x_q: np.ndarray,
@@ -349,15 +397,8 @@ def linear(
 
         q3[n, o] = clamp(out_zp + MBQM(bias_q[o] + sum_i (x_q[n, i] - x_zp) w_q[o, i], m0, shift))
     """
-    x = _activation(x_q, "x_q", 2)
-    x_zp = _zero_point(x_zp, "x_zp", x.dtype)
-    w = _weights(w_q, "w_q", 2)
-    if w.shape[1] != x.shape[1]:
-        raise ValueError(f"w_q is (Out, In) = {w.shape} but x_q has {x.shape[1]} features (shape {x.shape})")
-    out_zp = _zero_point(out_zp, "out_zp", x.dtype)
-    lo, hi = _clamp(act_min, act_max, x.dtype)
-    bias = _bias(bias_q, w.shape[0])
-    m0_a, shift_a = _multipliers(m0, shift, w.shape[0])
+    x, x_zp, w, bias, m0_a, shift_a, out_zp, lo, hi = _linear_args(x_q, x_zp, w_q, bias_q, m0, shift, out_zp,
+                                                                    act_min, act_max)
     xc = x.astype(np.int16) - np.int16(x_zp)  # (N, In), |.| <= 255
     acc = _exact_matmul(xc, w.T, int(np.abs(xc).max()), int(np.abs(w.astype(np.int16)).max()), w.shape[1])
     acc = acc + bias[None, :]  # (N, Out) int64 holding the int32 accumulator
@@ -383,6 +424,9 @@ def add(
     act_max: int | None = None,
 ) -> np.ndarray:
     """Add two quantized tensors with different scales (skip connections; TFLite ADD) (Eq. 32-34).
+
+    This is TFLite's kernel, not the paper's recipe (Appendix A.2 rescales one input onto the other's
+    scale, adds, then rescales the sum to the output scale); both compute Eq. 72.
 
     a_q, b_q: same shape, same dtype (uint8/int8), zero points a_zp, b_zp. Each input is centred,
     shifted left by ``left_shift`` (headroom, so the rescaling keeps 20 fractional bits), rescaled to a
@@ -656,7 +700,7 @@ class QConv2d:
     m0: Any  # int scalar or (Cout,) int32
     shift: Any  # int scalar or (Cout,) int
     stride: int | tuple[int, int] = 1
-    padding: int | tuple[int, int] = 0
+    padding: int | tuple[int, ...] | str = 0  # int, (ph, pw), (top, bottom, left, right) or "same"
     groups: int = 1
     act_min: int = 0
     act_max: int = 255
@@ -670,7 +714,7 @@ class QConv2d:
         _bias(self.bias_q, w.shape[0])
         _multipliers(self.m0, self.shift, w.shape[0])
         _pair(self.stride, "stride", 1)
-        _pair(self.padding, "padding", 0)
+        _padding(self.padding)
         if _int(self.groups, "groups") < 1 or w.shape[0] % self.groups:
             raise ValueError(f"groups={self.groups} must be >= 1 and divide Cout={w.shape[0]}")
 

@@ -10,6 +10,10 @@ template), and keeps every ipywidget live, so moving a slider re-runs its callba
     python -m qlearn lecture 02 --port 8870 --no-browser
     python -m qlearn lecture 02 --print-command      # show the Voila command, start nothing
 
+The port: qlearn picks the first free port at or above ``--port`` (default 8866) itself, passes it
+to Voila with ``--Voila.port_retries=0`` and prints that port, so the address printed is the one
+being served (Voila left to itself would silently move to another port when 8866 is busy).
+
 Press F11 in the browser for full screen; Ctrl-C in the terminal stops the server and its kernel.
 Nothing here changes the notebook: Voila never saves it.
 """
@@ -19,6 +23,8 @@ import argparse
 import importlib.util
 import shlex
 import signal
+import socket
+import os
 import subprocess
 import sys
 import threading
@@ -28,6 +34,8 @@ from typing import Any
 LESSON_GLOB = "[0-9][0-9]_*.ipynb"  # lesson notebooks are named NN_topic.ipynb
 DEFAULT_PORT = 8866  # Voila's own default
 HOST = "127.0.0.1"  # the lecturer's own machine; a projector shows its screen
+PORT_TRIES = 50  # how many consecutive ports free_port tries (Voila's own port_retries is 50)
+EXAMPLE_NOTEBOOK = "03_per_channel.ipynb"  # named in --help; tests check that it exists
 
 
 def default_notebooks_dir() -> Path:
@@ -64,7 +72,7 @@ def find_notebook(key: Any, notebooks_dir: str | Path | None = None) -> Path:
     """Resolve what the lecturer typed to one lesson notebook.
 
     ``key`` is a lesson number (``"3"`` or ``"03"`` -> the one file ``03_*.ipynb``), a file name
-    (``"03_ptq.ipynb"``, ``".ipynb"`` optional) looked up in ``notebooks_dir``, or a path to an
+    (``"03_per_channel.ipynb"``, ``".ipynb"`` optional) looked up in ``notebooks_dir``, or a path to an
     existing ``.ipynb`` file. Anything else raises ValueError naming the notebooks that exist.
     """
     if not isinstance(key, (str, Path)) or isinstance(key, bool):
@@ -113,6 +121,8 @@ def voila_command(
 
     ``--strip_sources=True`` hides every code cell (inputs), keeping outputs and live widgets;
     no ``--template`` is passed, so Voila's default "lab" template renders the page.
+    ``--Voila.port_retries=0`` makes Voila serve exactly ``port`` or stop with an error, never
+    silently move to another port (``main`` picks a free one first with ``free_port``).
     ``show_tracebacks`` shows Python errors on the page instead of a one-line notice.
     """
     port = check_port(port)
@@ -121,6 +131,7 @@ def voila_command(
     cmd = [
         python, "-m", "voila", str(Path(notebook).resolve()),
         f"--port={port}",
+        "--Voila.port_retries=0",
         f"--Voila.ip={HOST}",
         "--strip_sources=True",
     ]
@@ -140,6 +151,34 @@ def check_port(port: Any) -> int:
     return port
 
 
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """Whether a TCP server could listen on ``host:port`` now (tries to bind it, then lets go)."""
+    port = check_port(port)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:  # in use (EADDRINUSE) or not allowed (EACCES, ports < 1024)
+            return False
+    return True
+
+
+def free_port(first: int = DEFAULT_PORT, host: str = HOST, tries: int = PORT_TRIES) -> int:
+    """The first port in ``first, first + 1, ...`` (``tries`` of them, <= 65535) that is free on ``host``.
+
+    Raises ValueError naming the range when every one of them is busy. Another program may still
+    take the port between this check and Voila's start; Voila then stops with an error instead of
+    moving on (``--Voila.port_retries=0``), so the printed address is never wrong.
+    """
+    first = check_port(first)
+    if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+        raise ValueError(f"tries must be a positive integer, got {tries!r}")
+    last = min(first + tries - 1, 65535)
+    for port in range(first, last + 1):
+        if port_is_free(port, host):
+            return port
+    raise ValueError(f"no free port in {first}..{last} on {host}: stop another server or pass --port")
+
+
 def _port_arg(text: str) -> int:
     try:
         return check_port(int(text))
@@ -153,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a lesson notebook as a code-free interactive page (Voila).",
         epilog="Example: python -m qlearn lecture 03   (then press F11 in the browser)",
     )
-    parser.add_argument("notebook", help="lesson number (03) or file name (03_ptq.ipynb)")
+    parser.add_argument("notebook", help=f"lesson number (03) or file name ({EXAMPLE_NOTEBOOK})")
     parser.add_argument("--port", type=_port_arg, default=DEFAULT_PORT,
-                        help=f"port on {HOST} (default {DEFAULT_PORT}; Voila moves on if it is busy)")
+                        help=f"port on {HOST} (default {DEFAULT_PORT}); if it is busy, the next free one "
+                             "is used and printed")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     parser.add_argument("--notebooks-dir", default=None,
                         help="folder holding the NN_*.ipynb lessons (default: the checkout's notebooks/)")
@@ -174,7 +214,8 @@ def main(argv: list[str]) -> int:
         return int(stop.code or 0)
     try:
         notebook = find_notebook(args.notebook, args.notebooks_dir)
-        cmd = voila_command(notebook, port=args.port, open_browser=not args.no_browser,
+        port = free_port(args.port)
+        cmd = voila_command(notebook, port=port, open_browser=not args.no_browser,
                             show_tracebacks=args.show_tracebacks)
     except (TypeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -185,13 +226,16 @@ def main(argv: list[str]) -> int:
     if importlib.util.find_spec("voila") is None:
         print("error: lecture mode needs Voila, which is not installed: pip install voila", file=sys.stderr)
         return 1
-    print(f"Serving {notebook.name} code-free at http://{HOST}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    if port != args.port:
+        print(f"port {args.port} is busy; using {port}", flush=True)
+    print(f"Serving {notebook.name} code-free at http://{HOST}:{port}/ (Ctrl-C stops it)", flush=True)
     return _run(cmd, cwd=notebook.parent)
 
 
 def _run(cmd: list[str], cwd: Path) -> int:
     """Run Voila in the foreground; SIGTERM to us is passed on, so its kernel never outlives it."""
-    proc = subprocess.Popen(cmd, cwd=cwd)
+    # the lesson's kernels draw lecture-size figures (qlearn.widgets.base: larger canvas and fonts)
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "QLEARN_LECTURE": "1"})
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM)
     if in_main_thread:  # signal handlers can only be installed from the main thread

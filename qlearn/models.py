@@ -151,8 +151,8 @@ class InvertedResidual(nn.Module):
 
     The expansion is omitted when ``expand == 1``. With stride 1 and cin == cout the input is added
     back (``use_res``): y = x + layers(x). The projection has no ReLU6 ("linear bottleneck"), so the
-    sum can be negative; the quantized model fake-quantizes the sum after the add (paper Sec. 2.4 /
-    Appendix A.2 of Jacob et al.; TFLite's ADD).
+    sum can be negative; the quantized model fake-quantizes the sum after the add (TFLite's ADD; the
+    paper's Appendix A.2 re-quantizes the add by rescaling one input onto the other's scale).
     """
 
     def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:

@@ -13,7 +13,8 @@ The pieces, each a small ``nn.Module`` (and the only things ``prepare_qat`` buil
 
 * ``fake_quant_ste``   the autograd function above, per-tensor or per-channel (Eqs. 50-52)
 * ``ActFakeQuant``     asymmetric uint8 activations; the range is an EMA of batch min/max (decay
-                       0.999) and quantization starts after ``delay`` steps (Eqs. 55-57)
+                       0.999, TensorFlow's default; the paper says "close to 1") and quantization
+                       starts after ``delay`` steps (Eqs. 55-57)
 * ``QATConvBN``        conv + batch norm folded *during training*, weights fake-quantized after the
                        fold, with the batch-statistics correction and a freeze to the moving averages
                        (Krishnamoorthi 2018 Sec. 3.2.2; TensorFlow ``fold_batch_norms``) and ReLU6 as
@@ -42,9 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qlearn._checks import check_bits
+from qlearn._checks import check_bits, check_bool, check_finite_tensor, check_int
 from qlearn.bn_fold import fold_bn
 from qlearn.qparams import QParams, integer_limits, qparams_from_range
+from qlearn.ranges import GRID_MAX
 
 __all__ = [
     "QATConfig",
@@ -68,31 +70,51 @@ WEIGHT_RANGES = ("minmax", "mse")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 _TINY32 = torch.finfo(torch.float32).tiny  # a scale below this would make 1/S overflow to inf
 
+#: Set by qlearn.distributed while several processes train one model (None: one process). Its
+#: ``minmax(lo, hi)`` returns the global batch's (min, max), ``sums(t)`` all-reduces per-channel sums
+#: with gradients and ``size`` is the number of processes (equal shares), so every process sees the
+#: statistics of the whole global batch.
+_STAT_SYNC: Any = None
+
+
+def set_stat_sync(sync: Any) -> Any:
+    """Install ``sync`` (``qlearn.distributed.StatSync`` or None); returns the previous one."""
+    global _STAT_SYNC
+    previous, _STAT_SYNC = _STAT_SYNC, sync
+    return previous
+
+
+def _batch_var_mean(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel (biased variance, mean, count) of z (N, C, H, W) over the batch (Eq. 58).
+
+    With several processes (``_STAT_SYNC``) over the global batch: the per-channel sums, then the
+    squared deviations from the global mean, are all-reduced (two passes: no E[z^2] - mean^2 cancellation).
+    """
+    n = z.numel() // z.shape[1]
+    if _STAT_SYNC is None:
+        var_b, mu_b = torch.var_mean(z, dim=(0, 2, 3), unbiased=False)  # (C,), (C,)
+        return var_b, mu_b, n
+    total = n * _STAT_SYNC.size  # every process holds the same number of images (equal shares)
+    mu_b = _STAT_SYNC.sums(z.sum(dim=(0, 2, 3))) / total  # (C,)
+    var_b = _STAT_SYNC.sums(((z - mu_b.reshape(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3))) / total  # (C,)
+    return var_b, mu_b, total
+
 
 # ------------------------------------------------------------------------------------ config
-def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        extra = " or None" if allow_none else ""
-        raise TypeError(f"{name} must be an integer >= {minimum}{extra}, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class QATConfig:
     """How ``prepare_qat`` (and ``qlearn.ptq``) quantize a model.
 
     weight_bits     : 2..8. Weights are symmetric, narrow range: [-(2^(b-1) - 1), 2^(b-1) - 1],
-                      zero point 0 ([-127, 127] for 8 bits; paper Sec. 2.4). Stored as int8.
+                      zero point 0 (symmetric: Krishnamoorthi 2018, TFLite's int8 spec; the narrow
+                      range [-127, 127] for 8 bits is the paper's, Sec. 3.1). Stored as int8.
     per_channel     : one weight scale per output channel (True) or one per tensor (False). Folding
                       BN makes channel ranges differ a lot, which is why this switch matters.
     weight_range    : 'minmax' (S = max|w_fold| / qmax, Eq. 53) or 'mse' (the clipping that
                       minimises the weight MSE, Eq. 54).
     act_bits        : 2..8 bits of the asymmetric unsigned activations (8 = uint8, the paper's).
-    ema_decay       : decay of the activation-range EMA, in [0, 1) (Eq. 55).
+    ema_decay       : decay of the activation-range EMA, in [0, 1) (Eq. 55); the paper asks for
+                      "close to 1", 0.999 is TensorFlow's default.
     act_quant_delay : training steps during which activation ranges are observed but activations
                       are not quantized yet (Eq. 56). 0 = quantize from the first step.
     freeze_bn_step  : after this many training steps batch norm stops using batch statistics and
@@ -122,8 +144,8 @@ class QATConfig:
         d = self.ema_decay
         if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0.0 <= float(d) < 1.0:
             raise ValueError(f"ema_decay must be a number in [0, 1), e.g. 0.999, got {d!r}")
-        _check_int(self.act_quant_delay, "act_quant_delay", 0)
-        _check_int(self.freeze_bn_step, "freeze_bn_step", 0, allow_none=True)
+        check_int(self.act_quant_delay, "act_quant_delay", minimum=0)
+        check_int(self.freeze_bn_step, "freeze_bn_step", minimum=0, allow_none=True)
         if self.input_range is not None:
             r = self.input_range
             if not isinstance(r, (tuple, list)) or len(r) != 2:
@@ -189,7 +211,7 @@ def fake_quant_ste(
     "inside" after rounding, so the two differ only within half a step outside the ends).
     No gradient flows to ``scale`` or ``zero_point``: ranges come from min/max or an EMA, not SGD.
 
-    x          : float tensor, any shape.
+    x          : float tensor, any shape, finite (NaN or inf raise ValueError).
     scale      : a positive number (per-tensor) or a (C,) tensor/sequence (per-channel, with ``axis``)
     zero_point : an integer in [qmin, qmax], or (C,) integers
     qmin, qmax : integer limits, e.g. 0, 255 (uint8) or -127, 127 (narrow int8)
@@ -198,6 +220,8 @@ def fake_quant_ste(
     """
     if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
         raise TypeError(f"x must be a floating-point torch tensor, got {type(x).__name__} {getattr(x, 'dtype', '')}")
+    with torch.no_grad():
+        check_finite_tensor(x, "x")  # NaN would pass through round and clamp silently
     for name, v in (("qmin", qmin), ("qmax", qmax)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TypeError(f"{name} must be an integer, got {v!r}")
@@ -248,7 +272,7 @@ def weight_scale(w: torch.Tensor, bits: int = 8, *, per_channel: bool = True, me
     minmax: S_w = max|w| / qmax,  qmax = 2^(bits-1) - 1                         (Eq. 53)
     mse   : S_w = alpha* max|w| / qmax, alpha* = argmin_alpha mean (fq_alpha(w) - w)^2   (Eq. 54)
             searched like ``qlearn.ranges.mse_range``: ``grid`` values of alpha in (0, 1], then
-            ``grid`` values around the best one, for every channel at once.
+            ``grid`` values around the best one, for every channel at once; grid in [2, 1024].
     w: (Cout, ...) float tensor (folded weights); returns (Cout,) float tensor when per_channel,
     a 0-d tensor otherwise; detached (no gradient flows into the scale). An all-zero channel gets
     S_w = 1 (0 is still exact).
@@ -258,8 +282,10 @@ def weight_scale(w: torch.Tensor, bits: int = 8, *, per_channel: bool = True, me
     if w.ndim < 1 or w.numel() == 0:
         raise ValueError(f"w must be a non-empty tensor with the output channel first, got shape {tuple(w.shape)}")
     bits = check_bits(bits)
+    per_channel = check_bool(per_channel, "per_channel")
     if method not in WEIGHT_RANGES:
         raise ValueError(f"method must be one of {WEIGHT_RANGES}, got {method!r}")
+    grid = check_int(grid, "grid", minimum=2, maximum=GRID_MAX)
     _, qmax = _weight_limits(bits)
     w = w.detach()
     flat = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)  # (C, M)
@@ -357,7 +383,7 @@ class ActFakeQuant(nn.Module):
         self.bits = bits
         self.qmin, self.qmax = integer_limits(bits)  # (0, 2^bits - 1)
         self.decay = float(decay)
-        self.delay = _check_int(delay, "delay", 0)
+        self.delay = check_int(delay, "delay", minimum=0)
         self.fixed = fixed_range is not None
         self.enabled = True
         self.calibrating = False
@@ -393,6 +419,8 @@ class ActFakeQuant(nn.Module):
         if self.fixed:
             return
         lo_b, hi_b = x.detach().min().to(self.lo.dtype), x.detach().max().to(self.hi.dtype)
+        if ema and _STAT_SYNC is not None:  # several processes: the global batch's range
+            lo_b, hi_b = _STAT_SYNC.minmax(lo_b, hi_b)
         if not (torch.isfinite(lo_b) and torch.isfinite(hi_b)):
             raise ValueError("an activation contains NaN or inf; quantization ranges need finite values "
                              "(lower the learning rate or check the input)")
@@ -500,7 +528,7 @@ class QATConvBN(_WeightQuant, _Linked, nn.Module):
         self.per_channel = bool(per_channel)
         self.weight_range = weight_range
         self.weight_quant = True
-        self.freeze_step = _check_int(freeze_step, "freeze_step", 0, allow_none=True)
+        self.freeze_step = check_int(freeze_step, "freeze_step", minimum=0, allow_none=True)
         self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
         self.link_input(None)
 
@@ -532,8 +560,8 @@ class QATConvBN(_WeightQuant, _Linked, nn.Module):
             self.step += 1
         if self.training and not (self.freeze_step is not None and int(self.step) > self.freeze_step):
             z = self._conv(x, self.conv.weight)  # float conv: batch statistics (Eq. 58)
-            var_b, mu_b = torch.var_mean(z, dim=(0, 2, 3), unbiased=False)  # (C,), (C,)
-            self._update_running_stats(mu_b.detach(), var_b.detach(), z.numel() // z.shape[1])
+            var_b, mu_b, n_b = _batch_var_mean(z)  # (C,), (C,): over the global batch when distributed
+            self._update_running_stats(mu_b.detach(), var_b.detach(), n_b)
             w_fold, _ = self.folded()  # uses the just-updated moving averages
             sigma = torch.sqrt(bn.running_var + bn.eps)  # (C,) no grad
             sigma_b = torch.sqrt(var_b + bn.eps)  # (C,)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from qlearn._checks import as_float_array, check_axis, check_bits
+from qlearn._checks import as_float_array, check_axis, check_bits, check_bool
 
 
 _TINY = np.finfo(np.float64).tiny  # smallest normal float64: a scale below it would underflow
@@ -26,14 +26,17 @@ def integer_limits(bits: int, *, signed: bool = False, narrow_range: bool = Fals
     """The integer interval [qmin, qmax] of a ``bits``-bit type (Eq. 2).
 
     unsigned: [0, 2^bits - 1]        signed: [-2^(bits-1), 2^(bits-1) - 1]
-    ``narrow_range`` drops the lowest code, e.g. int8 [-127, 127] (the paper's weights, Sec. 2.4).
+    ``narrow_range`` drops the lowest code, e.g. int8 [-127, 127] (the paper's int8 weights never take
+    -128, Sec. 3.1; the reason, int16 accumulation of pairs of products, is its Appendix B).
     """
     bits = check_bits(bits)
+    signed = check_bool(signed, "signed")
+    narrow_range = check_bool(narrow_range, "narrow_range")
     if signed:
         qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     else:
         qmin, qmax = 0, 2**bits - 1
-    return qmin + int(bool(narrow_range)), qmax
+    return qmin + int(narrow_range), qmax
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,14 +177,16 @@ def qparams_from_range(
 ) -> QParams:
     """Scale and zero point for the real range [lo, hi], with 0 exactly representable.
 
-    Asymmetric (the paper's activations, Sec. 2.1 and 3.1; the defaults):
+    Asymmetric (the paper's scheme, for activations and weights alike, Sec. 2.1 and 3.1; the defaults):
         lo' = min(lo, 0),  hi' = max(hi, 0)              widen so the range contains 0   (Eq. 4)
         S = (hi' - lo') / (qmax - qmin)                                                    (Eq. 5)
         Z = clamp(round(qmin - lo'/S), qmin, qmax)       the *nudged* zero point          (Eq. 6)
     Rounding Z to an integer shifts the grid slightly: the represented range becomes
-    [S (qmin - Z), S (qmax - Z)] (Eq. 7), exactly as TensorFlow's FakeQuantWithMinMaxArgs nudges it.
+    [S (qmin - Z), S (qmax - Z)] (Eq. 7): the paper's nudge (Sec. 3.1: [a, b] is nudged so that 0.0
+    is exactly representable), with the numbers TensorFlow's FakeQuantWithMinMaxArgs computes.
 
-    Symmetric (the paper's weights, Sec. 2.4: int8 in [-127, 127]):
+    Symmetric (qlearn's weights, after Krishnamoorthi 2018 and the TFLite int8 specification; with
+    ``signed`` and ``narrow_range``, int8 in [-127, 127], the paper's weight codes of Sec. 3.1):
         S = max(|lo|, |hi|) / ((qmax - qmin) / 2),  Z = ceil((qmin + qmax) / 2)           (Eq. 8)
     i.e. Z = 0 for signed types and 128 for uint8, as PyTorch's symmetric observers use.
 
@@ -189,9 +194,13 @@ def qparams_from_range(
     underflow below the smallest normal float64) gets S = 1 and the Z of Eq. 6/8:
     the only value present, 0, is still exact, and nothing divides by zero.
 
+    An asymmetric range wider than float64 can hold (hi - lo > 1.8e308) is refused with a ValueError.
+    ``bits`` is in [2, 16]; ``symmetric``, ``narrow_range`` and ``signed`` are booleans.
+
     ``lo``/``hi`` may be 1-D arrays (one entry per channel) together with ``axis``: per-channel.
     """
     qmin, qmax = integer_limits(bits, signed=signed, narrow_range=narrow_range)
+    symmetric = check_bool(symmetric, "symmetric")
     lo_a = as_float_array(lo, "lo")
     hi_a = as_float_array(hi, "hi")
     if lo_a.shape != hi_a.shape:
@@ -220,7 +229,15 @@ def qparams_from_range(
         scale = np.maximum(-lo_a, hi_a) / half_levels
         scale = np.where(scale >= _TINY, scale, 1.0)  # zero-width range
     else:
-        width = hi_a - lo_a
+        # hi' - lo' can exceed the largest float64 (1.8e308) although both ends are finite: the grid's
+        # ends S (qmin - Z), S (qmax - Z) (Eq. 7) could not be represented either, so refuse the range.
+        with np.errstate(over="ignore"):
+            width = hi_a - lo_a
+        if not np.all(np.isfinite(width)):
+            raise ValueError(
+                f"lo and hi are too far apart: hi - lo overflows float64 (max {np.finfo(np.float64).max:.3g}), "
+                f"got lo={lo!r}, hi={hi!r}"
+            )
         scale = width / (qmax - qmin)  # (Eq. 5)
         scale = np.where(scale >= _TINY, scale, 1.0)  # zero-width (or sub-normal) range
         zp_real = qmin - lo_a / scale

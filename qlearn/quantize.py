@@ -11,10 +11,12 @@ snaps them to the grid, so training sees the rounding and clamping errors infere
 
 The seed's literal formulas (paper Sec. 3, Eq. 12 there) are kept separately as ``paper_scale`` and
 ``paper_fake_quant``: they take the range [a, b] as given, without nudging, so 0 may fall between
-grid points.
+grid points. The paper itself nudges [a, b] right after its Eq. 12 (Sec. 3.1) so that 0.0 is exactly
+representable -- that is ``qparams_from_range`` + ``fake_quantize``.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -78,16 +80,30 @@ def fake_quantize(x: Any, qp: QParams) -> Any:
     return _scalar_or_array(scale * (q - zp))
 
 
+#: Largest number of levels ``paper_scale`` accepts: 2^16, the 16-bit grid (``check_bits``' upper bound).
+PAPER_LEVELS_MAX = 2**16
+
+
 def paper_scale(a: float, b: float, n: int) -> float:
-    """The seed's step size s(a, b, n) = (b - a) / (n - 1), n = number of levels (256 for 8 bits) (Eq. 11)."""
+    """The seed's step size s(a, b, n) = (b - a) / (n - 1), n = number of levels (256 for 8 bits) (Eq. 11).
+
+    n is an integer in [2, 2^16]; a < b, and b - a must fit a float64 (|b - a| <= 1.8e308).
+    """
     a_f, b_f = float(as_float_array(a, "a")), float(as_float_array(b, "b"))
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n is the number of quantization levels, an integer (256 for 8 bits), got {n!r}")
-    if n < 2:
-        raise ValueError(f"n must be at least 2 levels, got {n}")
+    n = int(n)
+    if not 2 <= n <= PAPER_LEVELS_MAX:
+        raise ValueError(f"n must be at least 2 levels and at most 2^16 = {PAPER_LEVELS_MAX}, got {n}")
     if not a_f < b_f:
         raise ValueError(f"the range needs a < b, got a={a_f}, b={b_f}")
-    return (b_f - a_f) / (n - 1)
+    width = b_f - a_f  # Python floats: overflow gives inf, not an exception
+    if not np.isfinite(width):
+        raise ValueError(
+            f"a and b are too far apart: b - a overflows float64 (max {np.finfo(np.float64).max:.3g}), "
+            f"got a={a_f}, b={b_f}"
+        )
+    return width / (n - 1)
 
 
 def paper_fake_quant(r: Any, a: float, b: float, n: int) -> Any:
@@ -97,6 +113,8 @@ def paper_fake_quant(r: Any, a: float, b: float, n: int) -> Any:
 
     with round-to-nearest (ties away from zero; the argument is never negative). Unlike
     ``fake_quantize`` the range [a, b] is used as given: no nudging, so 0 need not be on the grid.
+    (This is Eq. 12 read without the paper's next sentence, Sec. 3.1, which nudges [a, b] so that 0.0
+    is representable; with the nudge the worked example gives 1.00588.)
     Worked example (seed): r = 1.0, a = -3.2, b = 1.3, n = 256 gives s = 4.5/255 = 0.017647... and
     (1.0 + 3.2)/s = 238 exactly, so the result is 1.0; the blog's 1.0064 comes from rounding s to
     0.0176 before dividing (4.2/0.0176 = 238.6 -> 239).

@@ -18,8 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from qlearn._checks import as_float_array, check_axis, check_bits
+from qlearn._checks import as_float_array, check_axis, check_bits, check_bool, check_int
 from qlearn.qparams import integer_limits
+
+#: ``mse_range`` evaluates 2 * grid candidate ranges, each a fake-quantization of the whole tensor;
+#: 1024 (16x the default) is already far finer than the error curve needs.
+GRID_MAX = 1024
 
 
 def _channels_first(x: np.ndarray, axis: int | None) -> np.ndarray:
@@ -78,15 +82,15 @@ def mse_range(
 
     Candidates are the min/max range shrunk by alpha in (0, 1]: [alpha lo, alpha hi]. A coarse pass over
     ``grid`` values of alpha is refined by a second pass of ``grid`` values around the best one, for
-    every channel at once. Parameters are nudged exactly as ``qparams_from_range`` does, so the
+    every channel at once; ``grid`` is an integer in [2, GRID_MAX = 1024]. Parameters are nudged exactly as ``qparams_from_range`` does, so the
     returned range gives the reported error when passed to it.
     """
     from qlearn.quantize import fake_quantize  # local: quantize imports nothing from here
     from qlearn.qparams import qparams_from_range
 
     bits = check_bits(bits)
-    if isinstance(grid, bool) or not isinstance(grid, numbers.Integral) or grid < 2:
-        raise ValueError(f"grid must be an integer >= 2, got {grid!r}")
+    symmetric = check_bool(symmetric, "symmetric")
+    grid = check_int(grid, "grid", minimum=2, maximum=GRID_MAX)
     arr, ax = _prepare(x, axis)
     flat = _channels_first(arr, ax)  # (C, M) float64
     lo0 = np.minimum(flat.min(axis=1), 0.0)
@@ -119,6 +123,8 @@ class EMARange:
 
         lo <- decay * lo + (1 - decay) * min(batch),   hi <- decay * hi + (1 - decay) * max(batch)
 
+    The paper asks only for a decay "close to 1"; the default 0.999 is TensorFlow's reference default,
+    not a value from the paper.
     The first batch initialises (lo, hi) to its own min/max. ``update(x)`` returns the new range;
     ``axis`` gives per-channel ranges. Smoothing keeps the range from jumping with every batch,
     which would make early activation quantization impossible (the seed's remark).
@@ -128,13 +134,20 @@ class EMARange:
         if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 <= float(decay) < 1.0:
             raise ValueError(f"decay must be a number in [0, 1), e.g. 0.999, got {decay!r}")
         self.decay = float(decay)
-        self.axis = axis
+        if axis is not None:
+            check_int(axis, "axis")  # an integer (or None); whether it exists is checked per batch
+        self.axis = None if axis is None else int(axis)
         self.lo: Any = None
         self.hi: Any = None
         self.count = 0
 
     def update(self, x: Any) -> tuple[Any, Any]:
         lo_b, hi_b = minmax_range(x, self.axis)
+        if self.count and np.shape(lo_b) != np.shape(self.lo):
+            raise ValueError(
+                f"x has {np.size(lo_b)} channels along axis {self.axis} but this EMARange has averaged "
+                f"{np.size(self.lo)}; use one EMARange per tensor (or a new one when the channel count changes)"
+            )
         if self.count == 0:
             self.lo, self.hi = lo_b, hi_b
         else:

@@ -18,6 +18,7 @@ import os
 import numbers
 import pickle
 import random
+import re
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -30,12 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from qlearn._checks import check_int, check_seed
+
 __all__ = [
     "cache_dir",
     "TrainConfig",
     "TrainResult",
     "seed_everything",
     "train",
+    "train_stream",
     "evaluate",
     "predict",
     "save_checkpoint",
@@ -45,6 +49,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "qlearn-checkpoint-v1"
 SCHEDULES = ("onecycle", "cosine", "constant")
+TRAIN_SEED_MAX = 2**40  # TrainConfig.seed: seed * 100003 + epoch stays far below torch's 2^64 limit
 
 
 @dataclass(frozen=True)
@@ -69,12 +74,10 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise TypeError(f"{name} must be an integer, got {v!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        check_int(self.epochs, "epochs", minimum=1)
+        check_int(self.batch_size, "batch_size", minimum=1)
+        # the epoch generator is seeded with seed * 100003 + epoch, which torch needs below 2^64
+        check_seed(self.seed, "seed", maximum=TRAIN_SEED_MAX)
         for name in ("lr", "weight_decay"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
@@ -91,6 +94,7 @@ class TrainResult:
 
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: int = 0  # train_stream: epochs restored from a saved state (0: trained from the start)
 
     @property
     def final_test_acc(self) -> float | None:
@@ -98,12 +102,14 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, numpy's and torch's generators (same seed -> same initial weights)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
-    random.seed(int(seed))
-    np.random.seed(int(seed) % 2**32)
-    torch.manual_seed(int(seed))
+    """Seed Python's, numpy's and torch's generators (same seed -> same initial weights).
+
+    ``seed`` is an integer in [0, 2^32 - 1], the range numpy's seeding accepts.
+    """
+    seed = check_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _check_xy(x: Any, y: Any | None, name: str) -> None:
@@ -223,6 +229,153 @@ def train(
     return result
 
 
+TRAIN_STATE_FORMAT = "qlearn-train-state-v1"
+
+
+def _save_state(path: Path, payload: dict) -> None:
+    """torch.save into ``path`` atomically: a reader (or a resume after a crash) sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, key: str) -> dict | None:
+    """The training state in ``path`` (weights-only loading), or None if there is none; a state saved
+    for other settings (``key`` differs) is refused with a ValueError."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or garbage file
+        raise ValueError(f"resume state {path} is corrupt ({type(exc).__name__}: {exc}); delete it to start afresh") from None
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise ValueError(f"{path} is not a qlearn training state; delete it to start afresh")
+    if state.get("key") != key:
+        raise ValueError(f"resume state {path} was saved by a run with other settings; delete it or run without --resume")
+    return state
+
+
+def train_stream(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    config: TrainConfig = TrainConfig(),
+    *,
+    world: Any = None,
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "train",
+    on_step: Callable[[int], None] | None = None,
+    amp: bool = False,
+    state_path: str | Path | None = None,
+    state_key: str = "",
+    resume: bool = False,
+) -> TrainResult:
+    """``train`` for a ``Dataset`` read by a DataLoader (worker processes), on one process or several.
+
+    dataset  : items (image (C, H, W) float32, int64 label); a ``FolderDataset`` streams from disk,
+               a ``TensorDataset`` wraps in-memory tensors. ``set_epoch(e)`` is called on it (if it has
+               one) before epoch e, for seeded augmentation.
+    world    : ``qlearn.distributed.World`` (None: one process). With several processes the model is
+               wrapped in DistributedDataParallel, each process reads its ``ShardSampler`` share,
+               ``config.batch_size`` is the *global* batch (each process takes batch_size / size), the
+               gradients are averaged, and the float buffers (BN running averages) are averaged after
+               every epoch. With one process the batches are exactly ``train``'s.
+    amp      : bfloat16 autocast on CUDA (float training only; CPU ignores it).
+    state_path, state_key, resume : after every epoch the model, optimiser, scheduler and history are
+               saved to ``state_path`` (by rank 0, atomically); with ``resume`` a state saved there with the
+               same ``state_key`` is loaded and training continues after its last finished epoch.
+               ``result.resumed_from`` is that epoch count (0: from the start).
+    """
+    from torch.utils.data import DataLoader
+
+    from qlearn.distributed import SINGLE, ShardSampler, all_reduce_sum, average_buffers
+
+    world = SINGLE if world is None else world
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("training data is empty")
+    if config.batch_size % world.size:
+        raise ValueError(f"batch_size {config.batch_size} (the global batch) must be a multiple of the "
+                         f"number of processes {world.size}")
+    local_batch = config.batch_size // world.size
+    workers = check_int(workers, "workers", minimum=0, maximum=256)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    device = next(iter(params)).device
+    sampler = ShardSampler(n, world, config.seed)
+    loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    steps_per_epoch = len(loader)  # the same on every process: ShardSampler pads to equal shares
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = _scheduler(opt, config, config.epochs * steps_per_epoch)
+    net: nn.Module = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # buffers are not broadcast from rank 0 at every forward: they are averaged (BN) or synced
+        # inside the forward (QAT's StatSync), so every process keeps its own, identical, copy
+        import inspect
+
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})  # the name changed in newer PyTorch
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
+    result = TrainResult()
+    start_epoch, step = 0, 0
+    path = Path(state_path) if state_path is not None else None
+    if path is not None and resume:
+        state = _load_state(path, state_key)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start_epoch, step, result.history = int(state["epoch"]), int(state["step"]), list(state["history"])
+            result.resumed_from = start_epoch
+    autocast = amp and device.type == "cuda"
+    start = time.perf_counter()
+    bar = tqdm(range(start_epoch, config.epochs), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        net.train()
+        sampler.set_epoch(epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for xb, yb in loader:  # (b, C, H, W) float32, (b,) int64; b = batch_size / processes
+            xb, yb = xb.to(device, non_blocking=True), torch.as_tensor(yb, dtype=torch.int64).to(device)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
+                logits = net(xb)
+                loss = F.cross_entropy(logits.float(), yb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch}, step {step} (loss {loss.item()}); lower lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # DDP: gradients averaged over the processes here
+            opt.step()
+            sched.step()
+            step += 1
+            if on_step is not None:
+                on_step(step)
+            loss_sum += loss.item() * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+        average_buffers(model, world)  # BN running averages: the same on every process
+        loss_sum, correct, seen = all_reduce_sum([loss_sum, float(correct), float(seen)], world, device)
+        row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen}
+        result.history.append(row)
+        bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
+        if path is not None and world.main:
+            _save_state(path, {"format": TRAIN_STATE_FORMAT, "key": state_key, "epoch": epoch + 1, "step": step,
+                               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                               "history": result.history})
+    model.train(False)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def _check_plain(value: Any, where: str) -> None:
     """Only what ``torch.load(weights_only=True)`` rebuilds: numbers, str, None, lists, dicts, tensors."""
@@ -288,11 +441,14 @@ def _read_payload(path: Path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
-        if "Unsupported global" in message:  # a pickled class or function: refused, never run
-            detail = message[message.index("Unsupported global") :].split(" was not")[0]
+        # torch names the refused class or function: "Unsupported global: GLOBAL os.system was not an
+        # allowed global" (older) or "unsupported GLOBAL posix.system whose module posix is blocked".
+        found = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", message, flags=re.IGNORECASE)
+        if found:  # a pickled class or function: refused, never run
             raise ValueError(
-                f"checkpoint {path} holds objects other than tensors and plain data ({detail}); "
-                "weights_only loading refuses them -- save with qlearn.train.save_checkpoint"
+                f"checkpoint {path} holds objects other than tensors and plain data (it asks for "
+                f"{found.group(1)}), which weights_only loading refuses; it was not loaded and nothing in it "
+                "was run. Use only checkpoints written by qlearn.train.save_checkpoint"
             ) from None
         raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint (unreadable pickle)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:

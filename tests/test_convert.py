@@ -1,6 +1,7 @@
 """qlearn.convert: the integer engine's logits agree with the QAT model's fake-quant logits on the
-digits test split (top-1 >= 99.5 %), every converted integer is checked against the module it came
-from, a converted layer against PyTorch's own quantized conv, a float64 reference, and bad input."""
+digits test split (within a few output LSBs; top-1 differs only on near-ties), every converted integer
+is checked against the module it came from, a converted layer against PyTorch's own quantized conv
+(qnnpack: exact integer sums on every CPU), a float64 reference, and bad input."""
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ from qlearn.models import mobilenet_v1, mobilenet_v2
 from qlearn.ptq import post_training_quantize
 from qlearn.qat import QATConfig, QATConvBN, prepare_qat, set_quantization
 from qlearn.convert import Agreement, compare, convert, quantize_input
-from qlearn.train import TrainConfig, evaluate, seed_everything, train
+from qlearn.train import TrainConfig, evaluate, predict, seed_everything, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*:UserWarning")
 
@@ -44,6 +45,15 @@ def runs(data):
 # ------------------------------------------------------------------------------------ the agreement
 @pytest.mark.parametrize("arch", ["mobilenet_v1", "mobilenet_v2"])
 def test_integer_engine_matches_fake_quant_on_digits_test_split(arch, runs, data):
+    """The engine's property is per logit: integer codes within a few LSB of the fake-quant codes (Eq. 69).
+
+    Top-1 agreement is a property of the trained model as much as of the engine, and seeded training
+    gives a different model on each CPU. What holds for any model: if an image's integer codes are within
+    d_i LSB of its fake-quant codes, the arg-max can change only when the fake-quant top-two margin is at
+    most 2 d_i (both logits move by <= d_i towards each other). So every top-1 disagreement must be such
+    a near-tie, and the accuracies can differ by no more than the disagreements. A fixed bar (e.g. 99.5 %)
+    would instead test how many near-ties this CPU's training happened to produce.
+    """
     _, qat = runs[arch]
     im = convert(qat)
     a = compare(qat, im, data.x_test, data.y_test)
@@ -52,11 +62,25 @@ def test_integer_engine_matches_fake_quant_on_digits_test_split(arch, runs, data
           f"fake-quant acc {100 * a.fake_quant_acc:.2f} %")
     assert a.n == data.x_test.shape[0] == 540
     assert a.fake_quant_acc > 0.85  # the fixture trained a real classifier
-    assert a.top1_agreement >= 0.995
-    assert abs(a.integer_acc - a.fake_quant_acc) <= 0.005
+    # the engine's own error: small in every logit, zero in most
     assert a.max_lsb_diff <= 8
     assert a.exact_output_fraction >= 0.3
     assert a.fake_quant_acc == pytest.approx(evaluate(qat, data.x_test, data.y_test))
+    # top-1: recomputed here from both models' codes, image by image
+    out_qp = im.output_qparams
+    fake = predict(qat, data.x_test).double()
+    q_fake = torch.clamp(torch.round(fake / out_qp.scale) + out_qp.zero_point, out_qp.qmin, out_qp.qmax).numpy().astype(np.int64)
+    q_int = im.run(quantize_input(qat, data.x_test)).astype(np.int64)
+    d = np.abs(q_int - q_fake).max(axis=1)                     # (N,) each image's largest code difference
+    top2 = np.sort(q_fake, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]                            # (N,) fake-quant top-1 minus runner-up, LSB
+    flips = q_int.argmax(1) != q_fake.argmax(1)
+    print(f"  {int(flips.sum())} top-1 flip(s), at margins {margin[flips].tolist()} LSB (image diffs {d[flips].tolist()}); "
+          f"{int((margin <= 2 * a.max_lsb_diff).sum())} image(s) within 2 x {a.max_lsb_diff} LSB of a tie")
+    # compare() counts the same flips as this image-by-image recomputation (a flip needs margin <= 2 d,
+    # which follows from the per-logit bound above, so it is printed, not asserted)
+    assert a.top1_agreement == pytest.approx(1 - flips.mean())
+    assert abs(a.integer_acc - a.fake_quant_acc) <= flips.mean() + 1e-12
 
 
 def test_ptq_model_converts_and_agrees(runs, data):
@@ -138,16 +162,21 @@ def test_first_layer_against_float64_reference(runs, data):
 
 
 def test_converted_conv_against_torch_quantized_conv(runs, data):
-    """PyTorch's x86 quantized conv, fed the float scales and the float folded bias, agrees within 1 LSB."""
-    if "x86" not in torch.backends.quantized.supported_engines:
-        pytest.skip("PyTorch was built without the x86 quantized engine")
+    """PyTorch's quantized conv, fed the float scales and the float folded bias, agrees within 1 LSB.
+
+    The engine is qnnpack: the model's codes use the full uint8 range, and qnnpack sums their products
+    exactly (int32) on every CPU, while x86's FBGEMM kernels add pairs of them in int16 with saturation
+    on CPUs without VNNI (qlearn.saturation; tests/test_saturation.py covers that case).
+    """
+    if "qnnpack" not in torch.backends.quantized.supported_engines:
+        pytest.fail("this PyTorch build has no qnnpack engine, the exact int8 reference on x86 CPUs")
     _, qat = runs["mobilenet_v2"]
     im = convert(qat)
     outs = im.layer_outputs(quantize_input(qat, data.x_test[:20]))
     convs = [m for m in qat.modules() if isinstance(m, QATConvBN)]
     qconvs = [l for l in im.layers if isinstance(l, QConv2d)]
     old = torch.backends.quantized.engine
-    torch.backends.quantized.engine = "x86"
+    torch.backends.quantized.engine = "qnnpack"
     try:
         for m, layer in list(zip(convs, qconvs))[:6]:
             _, b_fold = m.folded()
@@ -161,8 +190,10 @@ def test_converted_conv_against_torch_quantized_conv(runs, data):
             want = torch.ops.quantized.conv2d(qx, packed, layer.out_scale, layer.out_zp).int_repr().numpy()
             want = np.clip(want, layer.act_min, layer.act_max)  # the fused ReLU6 clamp
             diff = np.abs(outs[layer.name].astype(np.int64) - want.astype(np.int64))
+            print(f"{layer.name}: input codes up to {int(x.max())}, max |diff| {diff.max()} LSB, "
+                  f"identical {100 * (diff == 0).mean():.2f} %")
             assert diff.max() <= 1, layer.name
-            assert (diff == 0).mean() >= 0.95, layer.name
+            assert (diff == 0).mean() >= 0.99, layer.name
     finally:
         torch.backends.quantized.engine = old
 

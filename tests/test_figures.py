@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -41,6 +42,19 @@ def test_figures_command_writes_every_figure_identically_twice(tmp_path):
             assert img.info.get("Software") == F.METADATA_SOFTWARE
             assert img.info.get("Title") == name[: -len(".png")]
             assert img.width >= 600 and img.height >= 200
+    # the committed figures are these very figures (the shipped models make them the same on every machine);
+    # latency_vs_accuracy.png belongs to the benchmarks (timings): python -m benchmarks.bench_latency_accuracy --redraw
+    committed = ROOT / "figures"
+    assert {p.name for p in committed.glob("*.png")} == expected | {"latency_vs_accuracy.png"}
+    for name in sorted(expected):
+        with Image.open(first / name) as new, Image.open(committed / name) as old:
+            assert new.size == old.size, f"figures/{name} is stale: run `python -m qlearn figures`"
+            if name in F.MEASURED_HERE:
+                continue
+            a = np.asarray(new.convert("RGB"), dtype=np.int16)
+            b = np.asarray(old.convert("RGB"), dtype=np.int16)
+            differ = np.mean(np.any(np.abs(a - b) > 8, axis=-1))  # share of pixels that visibly differ
+            assert differ < 0.002, f"figures/{name} is stale ({100 * differ:.2f} % of pixels differ): run `python -m qlearn figures`"
 
 
 def test_every_lesson_explorer_is_drawn():

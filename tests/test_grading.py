@@ -244,7 +244,7 @@ def test_time_limit_nests_and_restores_the_outer_limit():
 # ==================================================================================== each task catches its classic bug
 def _bug(task_id: str, src: str):
     ns = {"np": np, "math": math}
-    if task_id.startswith("task_6"):
+    if task_id.startswith(("task_6", "task_9")):
         import torch
 
         ns["torch"] = torch
@@ -256,7 +256,7 @@ BUGS = [
     # (task, buggy implementation, points it still earns, words its report must contain)
     ("task_1_1", "def scale_and_zero_point(lo, hi, bits):\n"
                  "    lo, hi = min(lo, 0.0), max(hi, 0.0); s = (hi - lo) / (2**bits - 1) or 1.0\n"
-                 "    return s, int(np.round(-lo / s))", 2, "halves up"),
+                 "    return s, int(np.round(-lo / s))", 1, "halves up"),
     ("task_1_2", "def quantize_tensor(x, scale, zero_point, qmin, qmax):\n"
                  "    return np.clip((np.rint(x / scale) + zero_point).astype(np.uint8), qmin, qmax)", None, "astype(np.uint8)"),
     ("task_1_3", "def dequantize_tensor(q, scale, zero_point):\n    return scale * (q - zero_point)", 0, "wraps around"),
@@ -308,6 +308,26 @@ BUGS = [
                  "                   torch.tensor(bias_q.astype(np.float64)), stride=stride, padding=padding).numpy()\n"
                  "    q = np.round(acc * m0 * 2.0 ** (shift - 31)) + out_zp\n"
                  "    return np.clip(q, act_min, act_max).astype(np.uint8)", None, None),
+    ("task_9_1", "def ema_range(batches, decay):\n    lo = hi = 0.0\n"
+                 "    for b in batches:\n        lo, hi = decay * lo + (1 - decay) * b.min(), decay * hi + (1 - decay) * b.max()\n"
+                 "    return float(lo), float(hi)", None, "the EMA started at (0, 0)"),
+    ("task_9_2", "def qat_step(w, x, target, scale, lr):\n    wt = torch.tensor(w, requires_grad=True)\n"
+                 "    w_hat = torch.clamp(torch.round(wt / scale), -127, 127) * scale\n"
+                 "    loss = torch.mean((torch.from_numpy(x) @ w_hat.T - torch.from_numpy(target)) ** 2)\n"
+                 "    loss.backward()\n    return (wt - lr * wt.grad).detach().numpy()", None, "straight-through"),
+    ("task_10_1", "def add_multipliers(a_scale, b_scale, out_scale, left_shift):\n"
+                  "    from qlearn.fixedpoint import quantize_multiplier as qm\n    t = max(a_scale, b_scale)\n"
+                  "    return (*qm(a_scale / t), *qm(b_scale / t), *qm(t / (2**left_shift * out_scale)))", 0, "T = 2 max(Sa, Sb)"),
+    ("task_10_2", "def quantized_add(a_q, a_zp, a_m0, a_shift, b_q, b_zp, b_m0, b_shift, out_zp, out_m0, out_shift, left_shift):\n"
+                  "    return np.clip(a_q.astype(int) - a_zp + b_q.astype(int) - b_zp + out_zp, 0, 255).astype(np.uint8)",
+     0, "codes on different scales cannot be added"),
+    ("task_11_1", "def int_weights_and_bias(w, b, in_scale):\n    s = np.abs(w.reshape(len(w), -1)).max(1) / 127\n"
+                  "    q = np.clip(np.rint(w / s.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)\n"
+                  "    return q, np.rint(b / s).astype(np.int32), s", 0, "S_in S_w"),
+    ("task_11_2", "def requant_and_clamp(in_scale, w_scale, out_scale, out_zp, relu6):\n"
+                  "    from qlearn.fixedpoint import quantize_multiplier as qm\n"
+                  "    m0, sh = qm(in_scale * np.asarray(w_scale) / out_scale)\n"
+                  "    return m0, sh, 0, (min(255, round(6 / out_scale)) if relu6 else 255)", None, "the code Z"),
 ]
 
 
@@ -355,6 +375,208 @@ def test_correct_alternatives_pass(task_id, src):
 def test_solutions_pass_in_the_notebook_profile_too(solution_ns):
     for tid in ("task_1_1", "task_4_2", "task_8_2"):
         assert run_check(tid, solution(solution_ns, tid), profile="notebook").passed
+
+
+def _via_the_grader(task_id, fn, examples):
+    """The grader's split: outcomes collected as in the sandbox, sent as plain data, judged outside."""
+    from qlearn.grading import wire
+
+    task = tasks()[task_id]
+    cases = checks.cases_for(task, "grade", examples)
+    raw = checks.collect_outcomes(task, fn, {g: [c.args for c in cs] for g, cs in cases.items()}, 60,
+                                  encode=wire.encode_outcome)
+    report = grader._decode_report(wire.loads(wire.dumps({"r": raw}))["r"])
+    return checks.grade_report(task, report, cases, examples=examples, time_limit_s=60)
+
+
+SPLIT = [(b[0], b[1]) for b in BUGS] + ALTERNATIVES
+
+
+@pytest.mark.parametrize("task_id,src", SPLIT, ids=[f"{s[0]}-{i}" for i, s in enumerate(SPLIT)])
+def test_the_grader_scores_exactly_like_run_check(task_id, src):
+    fn = _bug(task_id, src)
+    with np.errstate(all="ignore"):
+        local = run_check(task_id, fn, examples=FAST)
+        remote = _via_the_grader(task_id, fn, FAST)
+    assert (remote.points, remote.status) == (local.points, local.status), remote.report()
+    assert [(g.name, g.points, g.ran, g.total) for g in remote.groups] == [(g.name, g.points, g.ran, g.total) for g in local.groups]
+    for a, b in zip(remote.groups[:2], local.groups[:2]):  # fixed and edge: the same first failure, word for word
+        assert (a.failure is None) == (b.failure is None) and (a.failure is None or a.failure.why == b.failure.why)
+
+
+def test_the_grader_scores_the_solutions_like_run_check(solution_ns):
+    for tid in tasks():
+        fn = solution(solution_ns, tid)
+        assert _via_the_grader(tid, fn, FAST).points == run_check(tid, fn, examples=FAST).points == 3, tid
+
+
+# ==================================================================================== wrong rounding rules
+# Every task whose contract names a rounding rule, written once with the rounding left open (RND).
+# The four classic wrong rules (half up, half to even or half away -- whichever the task does not
+# want --, floor and Python's round) must each lose at least two of the three points; the rules that
+# agree with the contract must get all three (so the template itself is a correct solution).
+def _np_rules():
+    return {
+        "half_up": lambda v: np.floor(np.asarray(v, dtype=np.float64) + 0.5),
+        "half_even": np.rint,
+        "half_away": lambda v: np.sign(v) * np.floor(np.abs(np.asarray(v, dtype=np.float64)) + 0.5),
+        "floor": np.floor,
+        "python_round": np.vectorize(lambda t: float(round(float(t))), otypes=[np.float64]),
+    }
+
+
+def _exact_rules():  # on Fractions (exact rationals) or floats; Python's round() gets a float, as learners write it
+    from fractions import Fraction
+
+    half = Fraction(1, 2)
+    return {
+        "half_up": lambda v: math.floor(Fraction(v) + half),
+        "half_even": lambda v: round(Fraction(v)),
+        "half_away": lambda v: (1 if v >= 0 else -1) * math.floor(abs(Fraction(v)) + half),
+        "floor": lambda v: math.floor(v),
+        "python_round": lambda v: round(float(v)),
+    }
+
+
+def _torch_rules():
+    import torch
+
+    return {
+        "half_up": lambda t: torch.floor(t + 0.5),
+        "half_even": torch.round,
+        "half_away": lambda t: torch.sign(t) * torch.floor(torch.abs(t) + 0.5),
+        "floor": torch.floor,
+        "python_round": lambda t: torch.tensor([float(round(float(v))) for v in t.detach().flatten()],
+                                               dtype=t.dtype).reshape(t.shape),
+    }
+
+
+_SRDHM_EXACT = ("def _srdhm(a, b):\n    if a == b == -2**31: return 2**31 - 1\n"
+                "    p = a * b + (2**30 if a * b >= 0 else 1 - 2**30)\n    return p // 2**31 if p >= 0 else -((-p) // 2**31)\n")
+ROUNDING = {
+    # task: (which rules, template with RND, the rules that agree with the contract)
+    "task_1_1": ("np", "def scale_and_zero_point(lo, hi, bits):\n    if lo > hi: raise ValueError('lo > hi')\n"
+                       "    lo, hi = min(lo, 0.0), max(hi, 0.0); s = (hi - lo) / (2**bits - 1) if hi > lo else 1.0\n"
+                       "    return s, int(RND(np.float64(-lo / s)))", {"half_up", "half_away"}),
+    "task_1_2": ("np", "def quantize_tensor(x, scale, zero_point, qmin, qmax):\n"
+                       "    return np.clip(RND(x / scale) + zero_point, qmin, qmax).astype(np.int64)", {"half_even", "python_round"}),
+    "task_3_3": ("np", "def quantize_per_channel(w, scales, axis):\n    shape = [1] * w.ndim; shape[axis] = -1\n"
+                       "    return np.clip(RND(w / np.reshape(scales, shape)), -127, 127).astype(np.int64)", {"half_even", "python_round"}),
+    "task_6_1": ("torch", "def round_ste(x):\n    return x + (RND(x) - x).detach()", {"half_even", "python_round"}),
+    "task_6_2": ("torch", "def fake_quant_ste(x, scale, zero_point, qmin, qmax):\n"
+                          "    q = torch.clamp(RND(x / scale) + zero_point, qmin, qmax)\n"
+                          "    inside = ((x >= (qmin - zero_point) * scale) & (x <= (qmax - zero_point) * scale)).to(x.dtype)\n"
+                          "    return (scale * (q - zero_point)).detach() + (x - x.detach()) * inside", {"half_even", "python_round"}),
+    "task_7_1": ("exact", "def srdhm(a, b):\n    if a == b == -2**31: return 2**31 - 1\n"
+                          "    return RND(Fraction(a * b, 2**31))", {"half_up"}),
+    "task_7_2": ("exact", "def rounding_divide_by_pot(x, exponent):\n    return RND(Fraction(x, 2**exponent))", {"half_away"}),
+    "task_7_3": ("exact", "def quantize_multiplier(m):\n    if m < 0: raise ValueError('m < 0')\n    if m == 0: return 0, 0\n"
+                          "    q, e = math.frexp(m); m0 = RND(q * 2**31)\n    if m0 == 2**31: m0, e = 2**30, e + 1\n"
+                          "    return (0, 0) if e < -31 else (m0, e)", {"half_up", "half_away"}),
+    "task_7_4": ("exact", _SRDHM_EXACT + "def multiply_by_quantized_multiplier(x, m0, shift):\n"
+                          "    y = x * 2 ** max(shift, 0)\n    if not -2**31 <= y < 2**31: raise OverflowError('int32')\n"
+                          "    return RND(Fraction(_srdhm(y, m0), 2 ** max(-shift, 0)))", {"half_away"}),
+    "task_8_2": ("exact", _SRDHM_EXACT + "def quantized_conv2d(x_q, x_zp, w_q, bias_q, m0, shift, out_zp, stride, padding, act_min, act_max):\n"
+                          "    import torch\n    import torch.nn.functional as F\n"
+                          "    acc = F.conv2d(torch.tensor(x_q.astype(np.float64) - x_zp), torch.tensor(w_q.astype(np.float64)),\n"
+                          "                   torch.tensor(bias_q.astype(np.float64)), stride=stride, padding=padding).numpy().astype(np.int64)\n"
+                          "    q = np.vectorize(lambda a: RND(Fraction(_srdhm(int(a) * 2 ** max(shift, 0), m0), 2 ** max(-shift, 0))))(acc)\n"
+                          "    return np.clip(q + out_zp, act_min, act_max).astype(np.uint8)", {"half_away"}),
+    "task_11_1": ("np", "def int_weights_and_bias(w, b, in_scale):\n    a = np.abs(w.reshape(len(w), -1)).max(1)\n"
+                        "    s = np.where(a > 0, a / 127, 1.0)\n"
+                        "    q = np.clip(RND(w / s.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)\n"
+                        "    bq = RND(b / (in_scale * s))\n    if np.abs(bq).max() >= 2**31: raise OverflowError('int32')\n"
+                        "    return q, bq.astype(np.int32), s", {"half_even", "python_round"}),
+    "task_11_2": ("exact", "def requant_and_clamp(in_scale, w_scale, out_scale, out_zp, relu6):\n    m0s, shifts = [], []\n"
+                           "    for m in in_scale * np.asarray(w_scale, dtype=np.float64) / out_scale:\n"
+                           "        q, e = math.frexp(float(m)); m0 = RND(q * 2**31)\n"
+                           "        if m0 == 2**31: m0, e = 2**30, e + 1\n        if e > 30: raise ValueError('too large')\n"
+                           "        m0s.append(0 if e < -31 else m0); shifts.append(0 if e < -31 else e)\n"
+                           "    hi = min(255, out_zp + RND(6.0 / out_scale)) if relu6 else 255\n"
+                           "    return np.array(m0s), np.array(shifts), max(0, out_zp) if relu6 else 0, hi", {"half_up", "half_away"}),
+}
+RULE_NAMES = ("half_up", "half_even", "half_away", "floor", "python_round")
+
+
+def _with_rule(task_id, rule):
+    from fractions import Fraction
+
+    import torch
+
+    kind, src, _ = ROUNDING[task_id]
+    rules = {"np": _np_rules, "exact": _exact_rules, "torch": _torch_rules}[kind]()
+    ns = {"np": np, "math": math, "torch": torch, "Fraction": Fraction, "RND": rules[rule]}
+    exec(src, ns)
+    return ns[tasks()[task_id].function]
+
+
+def test_every_task_with_a_rounding_rule_has_a_rounding_template():
+    named = {tid for tid, t in tasks().items() if re.search(r"round|ties|half", t.title + t.hint, re.I)}
+    assert named - {"task_2_2", "task_4_2", "task_10_1", "task_10_2"} <= set(ROUNDING), named - set(ROUNDING)
+
+
+@pytest.mark.parametrize("task_id,rule", [(t, r) for t in ROUNDING for r in RULE_NAMES], ids=lambda v: str(v))
+def test_wrong_rounding_rules_lose_two_of_three_points(task_id, rule):
+    fn = _with_rule(task_id, rule)
+    right = rule in ROUNDING[task_id][2]
+    for profile in ("grade", "notebook"):
+        with np.errstate(all="ignore"):
+            r = run_check(task_id, fn, profile=profile)
+        if right:
+            assert r.passed, r.report()
+        else:
+            assert r.points <= 1, f"{rule} keeps {r.points} of 3 points on {task_id}:\n{r.report()}"
+            if rule == "floor" or rule == "half_up" and "half_even" in ROUNDING[task_id][2]:
+                continue  # several mistakes give the same answer on a case; no particular one must be named
+            assert "classic mistake" in r.report() or r.points == 0, r.report()
+
+
+@pytest.mark.parametrize("rule", ["half_up", "half_even", "floor", "python_round"])
+def test_wrong_rounding_rules_score_the_same_through_the_graders_split(rule):
+    fn = _with_rule("task_7_2", rule)
+    local = run_check("task_7_2", fn, examples=PROFILES["grade"])
+    remote = _via_the_grader("task_7_2", fn, PROFILES["grade"])
+    assert remote.points == local.points <= 1, remote.report()
+
+
+# ==================================================================================== hints that diagnose
+def test_a_forgotten_zero_point_gets_a_hint_about_the_zero_point_not_ties():
+    def quantize_tensor(x, scale, zero_point, qmin, qmax):
+        return np.clip(np.rint(x / scale), qmin, qmax).astype(np.int64)
+
+    for r in (run_check("task_1_2", quantize_tensor, examples=FAST), _via_the_grader("task_1_2", quantize_tensor, FAST)):
+        for g in r.groups:
+            assert not g.passed and "the zero point left out" in g.failure.hint, r.report()
+            assert "add the zero point" in g.failure.hint and "ties" not in g.failure.hint
+
+
+def test_a_mistake_is_named_only_when_the_answer_matches_it():
+    def quantize_tensor(x, scale, zero_point, qmin, qmax):  # wrong, but no registered mistake gives this
+        return np.clip(np.rint(x / scale) + zero_point + 1, qmin, qmax).astype(np.int64)
+
+    r = run_check("task_1_2", quantize_tensor, examples=FAST)
+    assert r.points == 0 and "classic mistake" not in r.report()
+    assert r.groups[0].failure.hint == tasks()["task_1_2"].hint  # the generic hint of the case / task
+
+
+def test_every_registered_mistake_is_wrong_and_scores_below_full_marks():
+    for tid, t in tasks().items():
+        for bug in t.bugs:
+            fn = (lambda f: lambda *a: f(*a))(bug.fn)  # the registry's functions live in qlearn: wrap them
+            with np.errstate(all="ignore"):
+                r = run_check(tid, fn, examples=FAST)
+            assert r.points < 3, f"{tid}: {bug.name} passes"
+
+
+def test_diagnosis_skips_broken_mistakes_and_explains_no_right_answer():
+    task = tasks()["task_7_2"]
+    case = checks.Case("a tie", (5, 1))
+    boom = checks.Bug("a broken mistake", lambda x, e: 1 / 0, "never shown")
+    t = __import__("dataclasses").replace(task, bugs=(boom,) + task.bugs)
+    assert checks.diagnose(t, case, 3, 3) is None  # a right answer: no mistake explains it
+    hint = checks.diagnose(t, case, 3, 2)  # 2.5 -> 2: half to even (half up gives 3, the right answer here)
+    assert hint is not None and "half to even" in hint and "never shown" not in hint
+    assert checks.diagnose(t, case, 3, 17) is None
 
 
 # ==================================================================================== comparison properties
@@ -558,7 +780,7 @@ def _crafted() -> dict[str, tuple[object, tuple[int, int, int], list[str]]]:
     out["wrong_signature"] = (nb, (3, 0, 3), ["keep the parameters of the stub"])
     out["partial"] = (_replace_body(_base(), "quantize_tensor",
                                     "q = np.floor(x / scale + 0.5) + zero_point\nreturn np.clip(q, qmin, qmax).astype(np.int64)"),
-                      (3, 2, 3), ["round half to even", "FAILED at case 1 of 5: ties"])
+                      (3, 1, 3), ["round half to even", "FAILED at case 1 of 5: ties", "what a classic mistake gives (round half up"])
     nb = _insert_after(_base(), "scale_and_zero_point", "1 / 0")
     out["raises"] = (_replace_body(nb, "scale_and_zero_point", "raise ValueError('oops')"), (0, 3, 3),
                      ["ZeroDivisionError", "raised ValueError: oops"])
@@ -571,6 +793,20 @@ def _crafted() -> dict[str, tuple[object, tuple[int, int, int], list[str]]]:
     del nb.metadata["qlearn"]
     out["no_metadata"] = (nb, (3, 3, 3), [])
     return out
+
+
+def _sandboxed() -> bool:
+    """Grade in bubblewrap where it is installed (always in CI); elsewhere these honest and crafted
+    batches run without it (tests/test_grading_hostile.py covers the sandbox itself)."""
+    import os
+
+    from qlearn.grading import sandbox
+
+    if sandbox.bwrap() is not None:
+        return True
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("CI=true and bubblewrap (bwrap) is missing: bash .ci/install_bubblewrap.sh", pytrace=False)
+    return False
 
 
 def _digest(folder: Path) -> dict[str, tuple[str, int]]:
@@ -598,7 +834,8 @@ def crafted_batch(tmp_path_factory):
     limits = grader.Limits(time_limit=90, cell_timeout=5, task_timeout=5, memory_mb=2048, max_restarts=3,
                            grace=2, examples=10)
     t0 = time.perf_counter()
-    grades = grader.grade_folder(subs, root / "grades.csv", limits=limits, jobs=2, progress=False)
+    grades = grader.grade_folder(subs, root / "grades.csv", limits=limits, jobs=2, progress=False,
+                                 sandboxed=_sandboxed())
     return {"root": root, "subs": subs, "before": before, "grades": grades, "expected": expected,
             "seconds": time.perf_counter() - t0}
 
@@ -613,6 +850,13 @@ def test_crafted_submissions_get_the_right_partial_scores(crafted_batch):
         assert got == points, f"{name}: {got} != {points}; notes: {row['notes']}"
         assert int(row["total"]) == sum(points) and int(row["possible"]) == 9
     assert rows["not_a_notebook"]["total"] == "0" and "not a Jupyter notebook" in rows["not_a_notebook"]["notes"]
+
+
+def test_timeouts_and_crashes_appear_in_the_csv_notes(crafted_batch):
+    rows = _csv(crafted_batch["root"] / "grades.csv")
+    assert "task_1_2 quantize_tensor: the fixed cases timed out" in rows["loop_in_function"]["notes"]
+    assert "SIGSEGV" in rows["segfault_in_function"]["notes"]
+    assert "timed out" in rows["loop_top_level"]["notes"] and "exited with code 1" in rows["kernel_crash"]["notes"]
 
 
 def test_crafted_submissions_get_useful_feedback(crafted_batch):
@@ -631,6 +875,30 @@ def test_grader_never_modifies_submissions_nor_runs_them_in_its_process(crafted_
     assert not list(crafted_batch["subs"].glob("junk*"))
 
 
+WRONG_RDBPOT = {  # task 7.2 wants ties away from zero; four classic wrong rules, as a learner writes them
+    "half_up": "return (x + ((1 << exponent) >> 1)) >> exponent",
+    "half_even": "from fractions import Fraction\nreturn round(Fraction(x, 2**exponent))",
+    "floor": "return x >> exponent",
+    "python_round": "return round(x / 2**exponent)",
+}
+
+
+def test_wrong_rounding_rules_lose_two_points_in_the_sandboxed_grader(tmp_path):
+    subs = tmp_path / "submissions"
+    subs.mkdir()
+    for rule, body in WRONG_RDBPOT.items():
+        nb = nbformat.read(str(SOLUTIONS / "ex7_fixed_point.ipynb"), as_version=4)
+        nbformat.write(_replace_body(nb, "rounding_divide_by_pot", body), str(subs / f"{rule}.ipynb"))
+    grader.grade_folder(subs, tmp_path / "grades.csv", limits=grader.Limits(time_limit=300, task_timeout=60),
+                        jobs=2, progress=False, sandboxed=_sandboxed())
+    rows = _csv(tmp_path / "grades.csv")
+    assert set(rows) == set(WRONG_RDBPOT)
+    for rule, row in rows.items():
+        assert int(row["task_7_2"]) <= 1, f"{rule}: {row}"
+        feedback = (tmp_path / "grades_feedback" / f"{rule}.txt").read_text(encoding="utf-8")
+        assert "classic mistake" in feedback and "away from zero" in feedback, feedback
+
+
 @pytest.fixture(scope="module")
 def reference_batch(tmp_path_factory):
     """The solution notebooks and the untouched student notebooks, graded by the command line."""
@@ -644,7 +912,8 @@ def reference_batch(tmp_path_factory):
     before = _digest(subs)
     from qlearn.__main__ import main as qlearn_main
 
-    rc = qlearn_main(["grade", str(subs), "--out", str(root / "grades.csv"), "--examples", "10", "--jobs", "2", "--quiet"])
+    rc = qlearn_main(["grade", str(subs), "--out", str(root / "grades.csv"), "--examples", "10", "--jobs", "2", "--quiet"]
+                     + ([] if _sandboxed() else ["--unsafe-no-sandbox"]))
     return {"root": root, "subs": subs, "before": before, "rc": rc}
 
 
@@ -676,6 +945,7 @@ def test_runner_usage_and_unreadable_notebooks(tmp_path, capsys):
     from qlearn.grading.notebook import NotebookError
 
     assert runner.main([]) == 2 and "usage" in capsys.readouterr().err
+    assert runner.main(["job.json"]) == 2  # the job comes on stdin, never from a file the child could swap
     (tmp_path / "cells.ipynb").write_text('{"cells": 3}')
     for name in ("cells.ipynb", "missing.ipynb"):
         with pytest.raises(NotebookError):

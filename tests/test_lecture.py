@@ -4,6 +4,8 @@ The served page itself is tested in a real browser by tests/browser/test_lecture
 """
 from __future__ import annotations
 
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qlearn import lecture
-from qlearn.lecture import DEFAULT_PORT, check_port, find_notebook, lesson_notebooks, voila_command
+from qlearn.lecture import (
+    DEFAULT_PORT, HOST, check_port, find_notebook, free_port, lesson_notebooks, port_is_free, voila_command,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["00_welcome.ipynb", "01_quantize_dequantize.ipynb", "02_error_analysis.ipynb", "09_pipeline.ipynb"]
@@ -149,6 +153,7 @@ def test_voila_command_as_voila_reads_it(nb_dir, voila_parse, open_browser, trac
     app, conf = voila_parse(cmd)
     assert app.extra_args == [str(nb.resolve())]
     assert app.port == 9123 and app.ip == "127.0.0.1"
+    assert app.port_retries == 0  # Voila serves exactly this port or stops; it never moves silently
     assert app.open_browser is open_browser
     assert conf.strip_sources is True  # code-free
     assert conf.show_tracebacks is tracebacks
@@ -182,6 +187,62 @@ def test_voila_command_flag_types(nb_dir):
         voila_command(nb_dir / "00_welcome.ipynb", open_browser="no")
 
 
+# ----------------------------------------------------------------------------- ports
+@pytest.fixture
+def busy_port():
+    """A port some other server is listening on (the OS picks it), for as long as the test runs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def _can_listen(port: int) -> bool:
+    """Oracle: a real server socket (SO_REUSEADDR, as Tornado/Voila set it) can listen on the port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+            sock.listen()
+        except OSError:
+            return False
+    return True
+
+
+def test_free_port_skips_a_busy_port(busy_port):
+    assert not port_is_free(busy_port) and not _can_listen(busy_port)
+    port = free_port(busy_port)
+    assert busy_port < port <= busy_port + 50
+    assert _can_listen(port)
+    assert not any(_can_listen(p) for p in range(busy_port, port))  # the first free one, not any
+
+
+def test_free_port_keeps_a_free_port(busy_port):
+    port = free_port(busy_port)  # free now (nothing listens on it)
+    assert free_port(port) == port
+
+
+def test_free_port_when_all_are_busy(busy_port):
+    with pytest.raises(ValueError, match=rf"no free port in {busy_port}..{busy_port} .*--port"):
+        free_port(busy_port, tries=1)
+
+
+@pytest.mark.parametrize("tries", [0, -1, 1.5, True, None])
+def test_free_port_tries(tries):
+    with pytest.raises(ValueError, match="tries must be a positive integer"):
+        free_port(DEFAULT_PORT, tries=tries)
+
+
+def test_voila_does_not_move_off_a_busy_port(nb_dir, busy_port):
+    """Oracle: Voila itself, given our command on a busy port, stops with an error instead of serving
+    elsewhere (without --Voila.port_retries=0 it would serve on another port than the one printed)."""
+    pytest.importorskip("voila", reason="pip install voila")
+    cmd = voila_command(nb_dir / "01_quantize_dequantize.ipynb", port=busy_port, open_browser=False)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=nb_dir)
+    assert out.returncode != 0
+    assert f"port {busy_port} is already in use" in out.stderr and "could not be started" in out.stderr
+
+
 # ----------------------------------------------------------------------------- main()
 @pytest.fixture
 def ran(monkeypatch):
@@ -202,6 +263,17 @@ def test_main_runs_voila_on_the_lesson(nb_dir, ran, capsys):
     assert cmd == voila_command(nb_dir / "02_error_analysis.ipynb", port=8901, open_browser=False)
     assert cwd == nb_dir
     assert "02_error_analysis.ipynb" in capsys.readouterr().out
+
+
+def test_main_reports_the_port_actually_served(nb_dir, ran, capsys, busy_port):
+    """Port busy: main serves the next free one, and prints the port it passes to Voila."""
+    assert lecture.main(["1", "--notebooks-dir", str(nb_dir), "--port", str(busy_port), "--no-browser"]) == 0
+    (cmd, _), = ran
+    served = int(next(a for a in cmd if a.startswith("--port=")).split("=", 1)[1])
+    assert served != busy_port and _can_listen(served)
+    out = capsys.readouterr().out
+    assert f"port {busy_port} is busy; using {served}" in out
+    assert f"http://{HOST}:{served}/" in out and f":{busy_port}/" not in out
 
 
 def test_main_print_command_starts_nothing(nb_dir, ran, capsys):
@@ -233,6 +305,16 @@ def test_main_usage_errors_exit_2(argv, text, ran, capsys):
 def test_main_help_exit_0(capsys):
     assert lecture.main(["--help"]) == 0
     assert "code-free" in capsys.readouterr().out
+
+
+def test_help_and_docs_name_only_notebooks_that_exist(capsys):
+    """Every NN_name.ipynb example in --help and the module's docstrings is a real lesson."""
+    assert lecture.main(["--help"]) == 0
+    text = capsys.readouterr().out + (lecture.__doc__ or "") + (lecture.find_notebook.__doc__ or "")
+    named = set(re.findall(r"\b\d\d_[a-z0-9_]+(?:\.ipynb)?", text))
+    assert named, "the help should show an example file name"
+    real = {p.name for p in lesson_notebooks()} | {p.stem for p in lesson_notebooks()}
+    assert named <= real, named - real
 
 
 def test_main_without_voila(nb_dir, ran, monkeypatch, capsys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,3 +128,177 @@ def test_cuda_request_without_gpu(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "o"), "--quick", "--device", "cuda", "--no-progress"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # checked before anything is written
+
+
+# ---------------------------------------------------------------------------------- issue 15: the command line
+TINY = replace(PRESETS["quick"], n_train=64, n_test=16, float_epochs=1, ptq_bits=(8,), qat_bits=(8,), qat_epochs=1,
+               calib_batches=1, progress=False)
+
+
+def _no_work(monkeypatch):
+    """Make any data loading fail loudly: argument errors must come before the first stage."""
+    import qlearn.pipeline as P
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data stage ran before the arguments were checked")
+
+    monkeypatch.setattr(P, "load_dataset", refuse)
+
+
+def _one_line_error(capsys, *names: str) -> str:
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and err.startswith("pipeline: error: "), err
+    assert "Traceback" not in err and captured.out == ""
+    for name in names:
+        assert name in err, (name, err)
+    return err
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--out", "{file}/run"], ["--out", "is a file, not a folder"]),
+    (["--out", "{file}/deeper/run"], ["--out", "is a file, not a folder"]),
+    (["--out", "{file}"], ["--out", "is a file, not a folder"]),
+    (["--out", "{tmp}/o", "--seed", "-1"], ["--seed"]),
+    (["--out", "{tmp}/o", "--seed", str(2**64)], ["--seed", "4294967295"]),
+    (["--out", "{tmp}/o", "--dataset", "mnist", "--data-dir", "{file}"], ["--data-dir", "is a file, not a folder"]),
+    (["--out", "{tmp}/o", "--dataset", "cifar10", "--data-dir", "{tmp}/missing"], ["--data-dir", "does not exist"]),
+    (["--out", "{tmp}/o", "--dataset", "mnist"], ["--data-dir"]),
+    (["--out", "{tmp}/o", "--data-dir", "{file}"], ["--data-dir"]),
+    (["--out", "{tmp}/o", "--device", "tpu"], ["--device"]),
+    (["--out", "{tmp}/foreign", "--overwrite"], ["--out", "notes.txt"]),
+])
+def test_bad_arguments_are_one_line_before_any_work(tmp_path, capsys, monkeypatch, args, names):
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _no_work(monkeypatch)
+    argv = [a.format(file=tmp_path / "file", tmp=tmp_path) for a in args]
+    assert main([*argv, "--quick", "--no-progress"]) == 2
+    _one_line_error(capsys, *names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no folder (nor temporary one) left behind
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+
+
+def test_a_read_only_place_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import qlearn.pipeline as P
+
+    _no_work(monkeypatch)
+    if os.geteuid() != 0:  # a real read-only folder (root would ignore the permission bits)
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            assert main(["--out", str(ro / "run"), "--quick", "--no-progress"]) == 2
+            _one_line_error(capsys, "--out", "cannot write")
+        finally:
+            ro.chmod(0o700)
+    monkeypatch.setattr(P.os, "access", lambda *a, **k: False)  # what access() says on a read-only mount
+    assert main(["--out", str(tmp_path / "a" / "run"), "--quick", "--no-progress"]) == 2
+    _one_line_error(capsys, "--out", "read-only file system or no permission")
+    monkeypatch.undo()
+    _no_work(monkeypatch)
+
+    def erofs(*args, **kwargs):  # a read-only file system that access() did not report
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(P.tempfile, "mkdtemp", erofs)
+    assert main(["--out", str(tmp_path / "a" / "b" / "run"), "--quick", "--no-progress"]) == 2
+    _one_line_error(capsys, "--out", "Read-only file system")
+    assert not (tmp_path / "a").exists()  # the parent folders made for it are gone again
+
+
+def test_a_bad_seed_from_a_real_process_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    proc = subprocess.run([sys.executable, "-m", "qlearn", "pipeline", "--quick", "--no-progress", "--out", str(out),
+                           "--seed", "-5"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "--seed" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _interrupt_after_float(monkeypatch):
+    """Stop the run in the PTQ stage, after float.pt has been written: the worst moment for a mixture."""
+    import qlearn.ptq
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qlearn.ptq, "ptq_sweep", interrupted)
+
+
+def test_an_interrupted_fresh_run_leaves_nothing(tmp_path, monkeypatch, capsys):
+    from qlearn.pipeline import write_run
+
+    _interrupt_after_float(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        write_run(TINY, tmp_path / "new" / "run")
+    assert list(tmp_path.iterdir()) == []  # no partial run, no temporary folder, no parent made for it
+    assert main(["--out", str(tmp_path / "run"), "--quick", "--epochs", "1", "--no-progress"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_a_run_only_when_the_new_one_is_complete(tmp_path, monkeypatch):
+    from qlearn.pipeline import load_run, write_run
+
+    out = tmp_path / "run"
+    first = write_run(TINY, out)
+    old = _snapshot(out)
+    assert set(old) == {"report.json", "report.md", "float.pt", "qat8.pt", *first["figures"]}
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_run(TINY, out)
+    with monkeypatch.context() as mp:  # interrupted while replacing: the old run stays whole
+        _interrupt_after_float(mp)
+        with pytest.raises(KeyboardInterrupt):
+            write_run(replace(TINY, seed=1), out, overwrite=True)
+    assert _snapshot(out) == old and [p.name for p in tmp_path.iterdir()] == ["run"]
+    second = write_run(replace(TINY, seed=1), out, overwrite=True)
+    assert second["seed"] == 1 and json.loads((out / "report.json").read_text())["seed"] == 1
+    assert _snapshot(out)["float.pt"] != old["float.pt"] and [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert load_run(out).report["seed"] == 1
+
+
+def test_load_run_refuses_checkpoints_from_another_run(tmp_path):
+    from qlearn.pipeline import load_run, write_run
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    report = write_run(TINY, a)
+    write_run(replace(TINY, seed=1), b)
+    import hashlib
+
+    for name, digest in report["checkpoints"].items():  # the recorded hashes are the files' own
+        assert hashlib.sha256((a / name).read_bytes()).hexdigest() == digest
+    assert load_run(a).report["seed"] == 0
+    a_float = (a / "float.pt").read_bytes()
+    (a / "float.pt").write_bytes((b / "float.pt").read_bytes())  # what an interrupted in-place overwrite left
+    with pytest.raises(ValueError, match="float.pt does not belong to"):
+        load_run(a)
+    stale = json.loads((b / "report.json").read_text())
+    hashes = stale.pop("checkpoints")  # a report from before the hashes were recorded: still checked
+    (b / "report.json").write_text(json.dumps(stale))
+    assert load_run(b).report["seed"] == 1
+    b_float, b_qat8 = (b / "float.pt").read_bytes(), (b / "qat8.pt").read_bytes()
+    (b / "qat8.pt").write_bytes((a / "qat8.pt").read_bytes())
+    with pytest.raises(ValueError, match="qat8.pt does not belong to"):
+        load_run(b)
+    (b / "qat8.pt").write_bytes(b_qat8)
+    (b / "float.pt").write_bytes(a_float)
+    with pytest.raises(ValueError, match="float.pt does not belong to .*seed"):
+        load_run(b)
+    (b / "float.pt").write_bytes(b_float)
+    (b / "qat8.pt").unlink()
+    stale["checkpoints"] = hashes
+    (b / "report.json").write_text(json.dumps(stale))
+    with pytest.raises(FileNotFoundError, match="qat8.pt is missing"):
+        load_run(b)

@@ -26,6 +26,7 @@ from qlearn.widgets.integer_explorers import (
     RoundingExplorer,
     conv_three_ways,
     multiplier_error_curve,
+    pair_saturation_on_this_cpu,
     rounding_comparison,
     split_multiplier,
     tiny_integer_model,
@@ -340,3 +341,33 @@ def test_tiny_integer_model_describes_itself_and_tracks_the_float_net():
         tm.float_forward(np.zeros((1, 2, 8, 8)))
     with pytest.raises(ValueError):
         tiny_integer_model(-1)
+
+
+# ------------------------------------------------------------------------ int16 pairs (section 6)
+def test_pair_saturation_on_this_cpu_follows_the_cpu_flags():
+    """The notebook's table: exact vs int16 pairs vs PyTorch x86 / qnnpack. Oracles: qlearn.integer.conv2d
+    (exact int64 sums), qlearn.saturation (pair arithmetic); which x86 result to expect is decided from
+    the CPU flags (avx512_vnni -> exact oneDNN kernels below 100 groups; FBGEMM's depthwise kernel for
+    128 channels saturates on every CPU; avx_vnni alone: either, tightly)."""
+    from matplotlib.figure import Figure
+
+    r = pair_saturation_on_this_cpu(0)
+    close = lambda d: d[0] <= 1 and d[1] >= 0.99  # noqa: E731
+    assert len(r.rows) == 4
+    for row in r.rows:
+        assert close(row["qnnpack_vs_exact"]), row  # qnnpack: exact sums with any codes
+        if row["codes"].startswith("7-bit"):
+            assert row["saturated"] == 0 and row["emulated_vs_exact"] == 0 and row["max_pair_sum"] <= 32767
+            assert close(row["x86_vs_exact"]) and close(row["x86_vs_emulated"]), row
+            continue
+        assert row["saturated"] > 0 and row["emulated_vs_exact"] > 10 and row["max_pair_sum"] > 32767
+        depthwise = row["layer"].startswith("depthwise")
+        if depthwise or not (r.cpu["avx512_vnni"] or r.cpu["avx_vnni"]):
+            assert close(row["x86_vs_emulated"]) and row["x86_vs_exact"][0] > 10, row
+        elif r.cpu["avx512_vnni"]:
+            assert close(row["x86_vs_exact"]), row
+        else:
+            assert close(row["x86_vs_emulated"]) or close(row["x86_vs_exact"]), row
+    assert r.pair_sums.ndim == 1 and np.abs(r.pair_sums).max() == r.rows[2]["max_pair_sum"]
+    fig = r.figure()
+    assert isinstance(fig, Figure) and len(fig.axes) == 2

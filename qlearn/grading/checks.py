@@ -4,19 +4,23 @@ An exercise task asks for one function with a fixed name and signature, e.g. tas
 ``quantize_tensor(x, scale, zero_point, qmin, qmax)``. ``check("task_1_2", quantize_tensor)`` calls it
 on three groups of inputs and compares every answer with qlearn's own implementation:
 
-    fixed      a few hand-picked inputs (the examples of the task's docstring),
+    fixed      a few hand-picked, ordinary inputs (``Task.fixed``; not always the docstring's examples),
     edge       the inputs that catch the classic bugs: a zero-width range, ties in rounding,
                INT32_MIN, uint8 wrap-around, clamping at the ends, ...
-    generated  inputs drawn by hypothesis from a fixed seed (the same inputs on every run).
+    generated  inputs drawn by hypothesis from a fixed seed (the same inputs on every run), leaning
+               toward the task's traps (exact ties, ends of the grid, negative values).
 
 A group earns its point only if every case in it matches, so partly correct work earns partial credit.
 For the first case of a group that does not match, the verdict shows the input, the expected and the
-actual output, why they differ and a hint. Every verdict says how many cases of each kind ran. The
-notebook's check runs fewer generated cases than the grader does (profile "notebook" vs "grade"), and
+actual output, why they differ and a hint. The hint diagnoses when it can: the task's classic mistakes
+(``Task.bugs``, known-wrong functions) run on the failing case, and if the learner's answer is exactly
+one of theirs, the hint names that mistake (``diagnose``); otherwise it is the case's own hint. Every
+verdict says how many cases of each kind ran. The notebook's check runs fewer generated cases than the grader does (profile "notebook" vs "grade"), and
 its verdict says so: a pass in the notebook never claims that every test the grader runs has passed.
 
 ``run_check`` returns a ``CheckResult`` without printing (the grader and pytest use it); ``check``
-prints the verdict. The tasks themselves live in ``qlearn.grading.tasks``.
+prints the verdict. The tasks themselves live in ``qlearn.grading.tasks`` (assembled from one module per
+exercise in ``qlearn.grading.exercises``).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import signal
 import threading
 import time
 import types
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -35,6 +40,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 __all__ = [
+    "Bug",
     "Case",
     "Task",
     "GroupResult",
@@ -48,6 +54,14 @@ __all__ = [
     "check",
     "time_limit",
     "deferred_checks",
+    "Outcome",
+    "invoke",
+    "judge",
+    "diagnose",
+    "precheck",
+    "cases_for",
+    "collect_outcomes",
+    "grade_report",
 ]
 
 # Generated (hypothesis) cases per task: the notebook runs a quick sample, the grader a larger one.
@@ -78,6 +92,20 @@ class Case:
     hint: str = ""
 
 
+@dataclass(frozen=True)
+class Bug:
+    """A classic mistake for a task, as a known-wrong function with the task's signature.
+
+    When a learner's answer differs from the oracle on a case, the check runs each of the task's bugs
+    on that case; if the learner's answer equals a bug's answer (and the bug's answer is wrong there),
+    the hint names that mistake instead of the case's generic hint.
+    """
+
+    name: str  # e.g. "round half up: np.floor(v + 0.5)"
+    fn: Callable[..., Any]
+    hint: str  # what to do instead
+
+
 def call_positional(fn: Callable[..., Any], args: tuple) -> Any:
     return fn(*args)
 
@@ -94,6 +122,7 @@ class Task:
                to run the backward pass too.
     forbidden: dotted names of qlearn functions the learner must not call (the oracle itself):
                calling them would make the check compare qlearn with qlearn.
+    bugs     : the task's classic mistakes (``Bug``), used to name the mistake behind a wrong answer.
     """
 
     task_id: str
@@ -111,6 +140,7 @@ class Task:
     call: Callable[[Callable[..., Any], tuple], Any] = call_positional
     forbidden: tuple[str, ...] = ()
     points: tuple[int, int, int] = (1, 1, 1)  # fixed, edge, generated
+    bugs: tuple[Bug, ...] = ()  # classic mistakes, tried in this order to diagnose a wrong answer
 
     @property
     def max_points(self) -> int:
@@ -360,39 +390,87 @@ def _inputs_changed(before: tuple, after: tuple, params: Sequence[str]) -> str |
     return None
 
 
-def _run_case(task: Task, fn: Callable[..., Any], case: Case) -> Failure | None:
-    """None if ``fn`` agrees with the oracle on ``case``; else what went wrong."""
-    expected = _expected(task, case.args)
-    given = copy.deepcopy(case.args)
+@dataclass
+class Outcome:
+    """What one call of a learner's function did: it returned ``value`` or raised ``error``;
+    ``changed`` names an input array it modified in place (None: it left its inputs alone)."""
+
+    value: Any = None
+    error: BaseException | None = None
+    changed: str | None = None
+
+
+def invoke(task: Task, fn: Callable[..., Any], args: tuple) -> Outcome:
+    """Call ``fn`` on a copy of ``args`` (through ``task.call``). Learner errors become an Outcome;
+    a time limit (``CheckTimeout``) and KeyboardInterrupt propagate."""
+    given = copy.deepcopy(args)
+    try:
+        value = task.call(fn, given)
+    except (CheckTimeout, KeyboardInterrupt):
+        raise
+    except (ContractError, SystemExit, Exception) as exc:
+        return Outcome(error=exc)
+    return Outcome(value=value, changed=_inputs_changed(args, given, task.params))
+
+
+def judge(task: Task, case: Case, expected: Any, outcome: Outcome) -> Failure | None:
+    """None if ``outcome`` agrees with the oracle's ``expected`` answer on ``case``; else the failure.
+
+    This is the whole verdict on one case; the grader runs it in its own process on outcomes that
+    came back from the sandboxed submission as plain data (see ``grade_report``)."""
     hint = case.hint or task.hint
 
     def failure(actual: str, why: str, h: str = hint) -> Failure:
         return Failure(case.label, fmt_args(task, case.args), fmt(expected), actual, why, h)
 
-    try:
-        actual = task.call(fn, given)
-    except (CheckTimeout, KeyboardInterrupt):
-        raise
-    except ContractError as exc:
+    exc = outcome.error
+    if isinstance(exc, ContractError):
         return failure("(see why)", str(exc))
-    except SystemExit as exc:
+    if isinstance(exc, SystemExit):
         return failure(f"SystemExit({exc.code!r})", "the function called sys.exit() / exit(); it should return its answer")
-    except Exception as exc:  # the learner's bug: report it as a failed case
+    if exc is not None:  # the learner's bug: report it as a failed case
         text = f"{type(exc).__name__}: {exc}"
         if isinstance(expected, _Raised) and isinstance(exc, expected.type):
             return None
         if isinstance(expected, _Raised):
             return failure(f"raised {text}", f"the contract asks for {expected.type.__name__} here, not {type(exc).__name__}")
         return failure(f"raised {text}", f"the function raised {type(exc).__name__} on a valid input: {exc}")
-    changed = _inputs_changed(case.args, given, task.params)
+    actual = outcome.value
     if isinstance(expected, _Raised):
         return failure(fmt(actual), f"this input is invalid: the contract asks you to raise {expected.type.__name__}")
     why = task.compare(expected, actual, case.args)
-    if why is None and changed is not None:
-        why = f"the answer is right, but the function modified its input {changed!r} in place; work on a copy"
+    if why is None and outcome.changed is not None:
+        why = f"the answer is right, but the function modified its input {outcome.changed!r} in place; work on a copy"
     if why is None:
         return None
-    return failure(fmt(actual), why)
+    return failure(fmt(actual), why, diagnose(task, case, expected, actual) or hint)
+
+
+def diagnose(task: Task, case: Case, expected: Any, actual: Any) -> str | None:
+    """The hint of the first classic mistake (``task.bugs``) whose answer on ``case`` is wrong and
+    equals the learner's ``actual`` answer; None when no registered mistake explains it.
+
+    Runs only trusted code (the task's own bug functions) on the case's inputs: the grader calls it
+    in its own process on answers that came back from the sandbox as plain data."""
+    for bug in task.bugs:
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                wrong = task.call(bug.fn, copy.deepcopy(case.args))
+                if task.compare(expected, wrong, case.args) is None:
+                    continue  # this mistake does not show on this case
+                if task.compare(wrong, actual, case.args) is not None:
+                    continue  # the learner's answer is not this mistake's answer
+        except Exception:  # a bug variant that cannot run on these inputs explains nothing
+            continue
+        return f"your answer is exactly what a classic mistake gives ({bug.name}): {bug.hint}"
+    return None
+
+
+def _run_case(task: Task, fn: Callable[..., Any], case: Case) -> Failure | None:
+    """None if ``fn`` agrees with the oracle on ``case``; else what went wrong."""
+    expected = _expected(task, case.args)
+    return judge(task, case, expected, invoke(task, fn, case.args))
 
 
 def _run_fixed(task: Task, fn: Callable[..., Any], name: str, cases: tuple[Case, ...], points: int) -> GroupResult:
@@ -517,6 +595,32 @@ def _first_call(task: Task, fn: Callable[..., Any], seconds: float | None) -> st
     return "ok"
 
 
+def precheck(task: Task, fn: Any) -> str | None:
+    """Why ``fn`` cannot be checked for ``task`` at all (not a function, qlearn's own, a wrong
+    signature, a call of the oracle), else None. Every such case scores 0."""
+    if not callable(fn):
+        return f"check needs your function {task.function} itself, got {type(fn).__name__} {fmt(fn, 80)}"
+    module = getattr(fn, "__module__", None) or ""
+    if isinstance(module, str) and module.startswith("qlearn"):
+        return (
+            f"{task.function} here is qlearn's own {module}.{getattr(fn, '__name__', '?')}, not yours: "
+            f"define your own `def {task.function}(...)` in the notebook"
+        )
+    problem = _signature_problem(task, fn)
+    if problem:
+        return problem
+    try:
+        ref = uses_reference(fn, task.forbidden)
+    except Exception:  # an exotic function object: never let the detector break the check
+        ref = None
+    if ref:
+        return (
+            f"{task.function} calls {ref}, the reference implementation the check compares with; "
+            "write the computation yourself (numpy is fine)"
+        )
+    return None
+
+
 def run_check(
     task_id: str | Task,
     fn: Any,
@@ -542,31 +646,9 @@ def run_check(
         notebook_generated=n_gen if profile == "notebook" else PROFILES["notebook"],
         grade_generated=n_gen if profile == "grade" else PROFILES["grade"],
     )
-    if not callable(fn):
-        result.status, result.message = "error", (
-            f"check needs your function {task.function} itself, got {type(fn).__name__} {fmt(fn, 80)}"
-        )
-        return result
-    module = getattr(fn, "__module__", None) or ""
-    if module.startswith("qlearn"):
-        result.status, result.message = "error", (
-            f"{task.function} here is qlearn's own {module}.{getattr(fn, '__name__', '?')}, not yours: "
-            f"define your own `def {task.function}(...)` in the notebook"
-        )
-        return result
-    problem = _signature_problem(task, fn)
+    problem = precheck(task, fn)
     if problem:
         result.status, result.message = "error", problem
-        return result
-    try:
-        ref = uses_reference(fn, task.forbidden)
-    except Exception:  # an exotic function object: never let the detector break the check
-        ref = None
-    if ref:
-        result.status, result.message = "error", (
-            f"{task.function} calls {ref}, the reference implementation the check compares with; "
-            "write the computation yourself (numpy is fine)"
-        )
         return result
 
     first = _first_call(task, fn, time_limit_s)
@@ -603,6 +685,142 @@ def run_check(
                 name, 0, pts, 0, 0, False,
                 note=f"TIMED OUT: the {name} cases took longer than {time_limit_s:g} s (an infinite loop?)",
             )
+        result.groups.append(group)
+    result.points = sum(g.points for g in result.groups)
+    result.status = "passed" if result.points == result.max_points else ("partial" if result.points else "failed")
+    return result
+
+
+# ------------------------------------------------------------------------------------ the grader's split
+# The grader never trusts a verdict computed inside a submission's process. It sends the cases there
+# (``cases_for``), the sandboxed process only calls the learner's function on them and sends back what
+# each call returned or raised (``collect_outcomes``, as plain data), and the grader compares those
+# outcomes with the oracle in its own process (``grade_report``). Same cases, same rules, same points
+# as ``run_check``; only the failing generated input is shown as drawn, not simplified by hypothesis.
+GROUPS = ("fixed", "edge", "generated")
+_GENERATED: dict[tuple[str, str, int], tuple[tuple, ...]] = {}
+_GENERATED_LOCK = threading.Lock()
+
+
+def generated_cases(task: Task, profile: str, examples: int) -> tuple[tuple, ...]:
+    """The argument tuples ``run_check`` feeds a function that passes (same seed, same settings):
+    drawn once per (task, profile, examples) and cached."""
+    key = (task.task_id, profile, examples)
+    with _GENERATED_LOCK:  # hypothesis is not meant to run in several threads at once
+        if key not in _GENERATED:
+            from hypothesis import HealthCheck, Phase, given, reporting, seed, settings
+
+            found: list[tuple] = []
+
+            @seed(zlib.crc32(f"{task.task_id}:{profile}".encode()))
+            @settings(
+                max_examples=examples, database=None, deadline=None, derandomize=False,
+                suppress_health_check=list(HealthCheck), phases=(Phase.generate,),
+                print_blob=False, report_multiple_bugs=False,
+            )
+            @given(task.strategy())
+            def collect(args: tuple) -> None:
+                found.append(copy.deepcopy(tuple(args)))
+
+            with reporting.with_reporter(lambda *a, **k: None):
+                collect()
+            _GENERATED[key] = tuple(found)
+        return _GENERATED[key]
+
+
+def cases_for(task: Task, profile: str = "grade", examples: int | None = None) -> dict[str, list[Case]]:
+    """The three groups of cases of ``task`` as the grader runs them."""
+    n_gen = PROFILES[profile] if examples is None else examples
+    gen = generated_cases(task, profile, n_gen)
+    return {
+        "fixed": list(task.fixed),
+        "edge": list(task.edge),
+        "generated": [Case(f"generated input {k} (hypothesis, fixed seed)", args) for k, args in enumerate(gen, 1)],
+    }
+
+
+def collect_outcomes(task: Task, fn: Any, cases: dict[str, list[tuple]], time_limit_s: float | None,
+                     encode: Callable[[Outcome], Any] = lambda o: o) -> dict:
+    """Run in the submission's (sandboxed) process: call ``fn`` on every case, under the same time
+    limits as ``run_check``; return {"error": why} or {"first": "ok"/"stub"/"timeout", "groups":
+    {group: [encode(outcome), ...] or "timeout"}}. No comparison happens here."""
+    problem = precheck(task, fn)
+    if problem:
+        return {"error": problem}
+    first = _first_call(task, fn, time_limit_s)
+    out: dict[str, Any] = {"first": first, "groups": {}}
+    if first != "ok":
+        return out
+    for name in GROUPS:
+        try:
+            with time_limit(time_limit_s):
+                out["groups"][name] = [encode(invoke(task, fn, args)) for args in cases.get(name, [])]
+        except CheckTimeout:
+            out["groups"][name] = "timeout"
+            break
+    return out
+
+
+def _judge_group(task: Task, name: str, cases: list[Case], outcomes: Any, points: int, total: int) -> GroupResult:
+    outcomes = outcomes if isinstance(outcomes, list) else []
+    for i, case in enumerate(cases, start=1):
+        outcome = outcomes[i - 1] if i <= len(outcomes) else None
+        expected = _expected(task, case.args)
+        if not isinstance(outcome, Outcome):
+            f = Failure(case.label, fmt_args(task, case.args), fmt(expected), "(nothing)",
+                        "no answer for this case came back from the notebook's process", case.hint or task.hint)
+        else:
+            f = judge(task, case, expected, outcome)
+        if f is not None:
+            return GroupResult(name, 0, points, i, total, False, f)
+    return GroupResult(name, points, points, len(cases), total, True)
+
+
+def grade_report(task: Task, report: Any, cases: dict[str, list[Case]], *, profile: str = "grade",
+                 examples: int | None = None, time_limit_s: float | None = DEFAULT_TIME_LIMIT) -> CheckResult:
+    """The verdict on ``report`` (what ``collect_outcomes`` sent back, decoded), computed here.
+
+    Every point comes from ``judge`` comparing an outcome with the oracle's answer in this process;
+    the report can only say that the function was missing, timed out or raised, which scores 0."""
+    n_gen = PROFILES[profile] if examples is None else examples
+    result = CheckResult(
+        task.task_id, task.function, task.title, 0, task.max_points, "failed", profile, lesson=task.lesson,
+        notebook_generated=n_gen if profile == "notebook" else PROFILES["notebook"],
+        grade_generated=n_gen if profile == "grade" else PROFILES["grade"],
+    )
+    if not isinstance(report, dict):
+        report = {"error": "the check could not run (no report came back)"}
+    if "error" in report:
+        status = report.get("status")
+        result.status = status if status in ("error", "not found") else "error"
+        result.message = str(report["error"])[:2000]
+        return result
+    first = report.get("first")
+    if first == "stub":
+        result.status = "not implemented"
+        result.message = (
+            f"{task.function} still raises NotImplementedError: replace the `raise NotImplementedError` "
+            "line of the stub with your code, run that cell, then this one."
+        )
+        return result
+    groups = report.get("groups")
+    groups = groups if isinstance(groups, dict) else {}
+    timed_out = False
+    for name, pts in zip(GROUPS, task.points):
+        if name == "fixed" and first != "ok":
+            timed_out = True
+            why = (f"TIMED OUT: the first fixed case took longer than {time_limit_s:g} s (an infinite loop?)"
+                   if first == "timeout" else "not run: the check could not start")
+            group = GroupResult("fixed", 0, pts, 0, len(cases["fixed"]), False, note=why)
+        elif timed_out:
+            group = GroupResult(name, 0, pts, 0, 0, False, note="not run: an earlier group timed out")
+        elif groups.get(name) == "timeout":
+            timed_out = True
+            group = GroupResult(name, 0, pts, 0, 0, False,
+                                note=f"TIMED OUT: the {name} cases took longer than {time_limit_s:g} s (an infinite loop?)")
+        else:
+            total = n_gen if name == "generated" else len(cases[name])
+            group = _judge_group(task, name, cases[name], groups.get(name), pts, total)
         result.groups.append(group)
     result.points = sum(g.points for g in result.groups)
     result.status = "passed" if result.points == result.max_points else ("partial" if result.points else "failed")

@@ -20,10 +20,19 @@ class NotebookError(ValueError):
     """A file that cannot be read as a Jupyter notebook (the message says why)."""
 
 
+MAX_NOTEBOOK_BYTES = 50 * 2**20  # larger files are refused (the grader reads them into memory)
+
+
 def read_notebook(path: Path | str) -> dict:
-    """The notebook JSON as a dict (read-only use; nbformat validation is not required to grade)."""
+    """The notebook JSON as a dict, checked enough to be graded safely (nbformat validation is not
+    required): a dict with a list of cells, each cell a dict whose ``source`` is text (a string or a
+    list of strings). Anything else raises ``NotebookError`` saying what is wrong."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_NOTEBOOK_BYTES:
+            raise NotebookError(f"{path.name} is {size / 2**20:.0f} MiB; notebooks over "
+                                f"{MAX_NOTEBOOK_BYTES // 2**20} MiB are not graded (clear its outputs)")
         raw = path.read_bytes()
     except OSError as exc:
         raise NotebookError(f"cannot read {path.name}: {exc.strerror}") from None
@@ -31,8 +40,19 @@ def read_notebook(path: Path | str) -> dict:
         nb = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise NotebookError(f"{path.name} is not a Jupyter notebook (invalid JSON: {exc})") from None
+    except RecursionError:
+        raise NotebookError(f"{path.name} is not a Jupyter notebook (JSON nested too deeply)") from None
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise NotebookError(f"{path.name} is not a Jupyter notebook (no list of cells)")
+    if "metadata" in nb and not isinstance(nb["metadata"], dict):
+        raise NotebookError(f"{path.name} is not a Jupyter notebook (its metadata is a "
+                            f"{type(nb['metadata']).__name__}, not an object)")
+    for i, cell in enumerate(nb["cells"]):
+        if not isinstance(cell, dict):
+            raise NotebookError(f"{path.name} is not a Jupyter notebook (cell {i} is a {type(cell).__name__})")
+        src = cell.get("source", "")
+        if not (isinstance(src, str) or (isinstance(src, list) and all(isinstance(s, str) for s in src))):
+            raise NotebookError(f"{path.name} is not a Jupyter notebook (the source of cell {i} is not text)")
     return nb
 
 
@@ -51,7 +71,7 @@ def _defined_names(nb: dict) -> set[str]:
     for _, src in code_cells(nb):
         try:
             tree = ast.parse(src)
-        except SyntaxError:
+        except (SyntaxError, ValueError, RecursionError, MemoryError):  # broken, null bytes, nested too deeply
             continue
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -65,10 +85,11 @@ def exercise_of(nb: dict) -> str | None:
     """'ex3' from the metadata, else the exercise whose task functions the notebook defines most of."""
     from qlearn.grading.checks import tasks
 
-    meta = nb.get("metadata", {}).get("qlearn", {})
+    meta = nb.get("metadata", {})
+    meta = meta.get("qlearn", {}) if isinstance(meta, dict) else {}
     ex = meta.get("exercise") if isinstance(meta, dict) else None
     known = {t.exercise for t in tasks().values()}
-    if ex in known:
+    if isinstance(ex, str) and ex in known:
         return ex
     defined = _defined_names(nb)
     counts: dict[str, int] = {}

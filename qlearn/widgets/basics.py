@@ -1,6 +1,7 @@
 """Explorers for notebooks 01 (quantize/dequantize) and 02 (error analysis)."""
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -59,7 +60,7 @@ class QuantizeExplorer(Explorer):
         ax.add_patch(self.clip_lo)
         ax.add_patch(self.clip_hi)
         ax.set(xlim=(-5, 5), title="values and the grid", xlabel="real value r")
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper left")
         self.r = np.linspace(-5.0, 5.0, 4001)
         self.ax_map.plot(self.r, self.r, "--", color="gray", lw=0.8)
         (self.stairs_line,) = self.ax_map.plot([], [], color=GRID_COLOR, lw=1.2)
@@ -67,7 +68,7 @@ class QuantizeExplorer(Explorer):
         (self.err_line,) = self.ax_err.plot([], [], color="#2ca02c", lw=1.0)
         self.band = self.ax_err.axhspan(-0.5, 0.5, color="gray", alpha=0.15, label="±S/2")
         self.ax_err.set(xlim=(-5, 5), title="error fake_quantize(r) - r", xlabel="r")
-        self.ax_err.legend(loc="upper left", fontsize=8)
+        self.ax_err.legend(loc="upper left")
 
     def render(self, bits: int, range: tuple[float, float], symmetric: bool, signed: bool, narrow: bool) -> dict:
         qp = qparams_from_range(range[0], range[1], bits, symmetric=symmetric, signed=signed, narrow_range=narrow)
@@ -166,12 +167,12 @@ class ErrorVsBitsExplorer(Explorer):
         (self.l_model,) = self.ax_mse.semilogy([], [], "k--", label="S²/12 model")
         (self.m_mse,) = self.ax_mse.semilogy([], [], "o", ms=12, mfc="none", color=GRID_COLOR)
         self.ax_mse.set(xlabel="bits", ylabel="MSE", title="quantization MSE")
-        self.ax_mse.legend(fontsize=8)
+        self.ax_mse.legend()
         (self.l_sqnr,) = self.ax_sqnr.plot([], [], "o-", label="measured SQNR")
         (self.l_ref,) = self.ax_sqnr.plot([], [], "k--", label="6.02 dB per bit")
         (self.m_sqnr,) = self.ax_sqnr.plot([], [], "o", ms=12, mfc="none", color=GRID_COLOR)
         self.ax_sqnr.set(xlabel="bits", ylabel="dB", title="SQNR")
-        self.ax_sqnr.legend(fontsize=8)
+        self.ax_sqnr.legend()
 
     def render(self, dist: str, method: str, bits: int) -> dict:
         c = error_vs_bits(dist, method, self.n, self.seed)
@@ -247,8 +248,8 @@ class ClippingExplorer(Explorer):
         self.v_now = self.ax_c.axvline(1.0, color=GRID_COLOR, lw=1.2, label="your c")
         self.v_best = self.ax_c.axvline(1.0, color="gray", ls=":", label="best c")
         self.ax_c.set(xlabel="clip range c (in σ)", ylabel="MSE", title="error parts vs range")
-        self.ax_c.legend(fontsize=8, loc="lower left")
-        self.hist_artist = None
+        self.ax_c.legend(loc="lower left")
+        self.hist_artist, self.hist_dist = None, None
         self.h_lo = self.ax_h.axvline(-1.0, color=CLIP_COLOR, lw=1.5)
         self.h_hi = self.ax_h.axvline(1.0, color=CLIP_COLOR, lw=1.5)
         self.ax_h.set(yscale="log", title="data and the clip range", xlabel="value")
@@ -265,10 +266,13 @@ class ClippingExplorer(Explorer):
         self.ax_c.autoscale_view()
         if dist not in self.hist_cache:
             self.hist_cache[dist] = np.histogram(_data(dist, self.n, self.seed), bins=200)
-        hist, edges = self.hist_cache[dist]
-        if self.hist_artist is not None:
-            self.hist_artist.remove()
-        self.hist_artist = self.ax_h.stairs(hist, edges, fill=True, color="#9ecae1")
+            self._prefetch(dist)
+        if dist != self.hist_dist:  # the histogram changes with the data only: bits and clip leave it alone
+            hist, edges = self.hist_cache[dist]
+            if self.hist_artist is not None:
+                self.hist_artist.remove()
+            self.hist_artist = self.ax_h.stairs(hist, edges, fill=True, color="#9ecae1")
+            self.hist_dist = dist
         self.h_lo.set_xdata([-clip, -clip])
         self.h_hi.set_xdata([clip, clip])
         self.ax_h.relim()
@@ -286,6 +290,18 @@ class ClippingExplorer(Explorer):
             "best c on the curve": best,
             "min/max c (no clipping)": float(np.abs(x).max()),
         }
+
+    def _prefetch(self, dist: str) -> None:
+        """Compute this distribution's curves for every bit width in a background thread (cached by
+        ``clipping_curves``), so the first move of the bits slider does not wait ~0.4 s for 60 breakdowns."""
+        bits = range(self.controls["bits"].min, self.controls["bits"].max + 1)
+        n, seed = self.n, self.seed
+
+        def work() -> None:
+            for b in bits:
+                clipping_curves(dist, b, n, seed)
+
+        threading.Thread(target=work, name="qlearn-clipping-curves", daemon=True).start()
 
 
 def clipping_explorer(**kwargs: Any) -> ClippingExplorer:

@@ -310,8 +310,8 @@ class OrderComparison:
 def compare_fold_order(layer: BNLayer, bits: int, *, per_channel: bool = False) -> OrderComparison:
     """Quantize the folded weights (right) or fold the quantized weights (wrong), symmetric min/max grids.
 
-    Every fq is ``fake_quantize`` with ``weight_qparams(., bits, per_channel=...)`` (Eq. 8 / Eq. 53: the
-    paper's symmetric narrow-range weights). Per tensor the two orders differ: each channel of fq(w)
+    Every fq is ``fake_quantize`` with ``weight_qparams(., bits, per_channel=...)`` (Eq. 8 / Eq. 53: qlearn's
+    symmetric narrow-range weights). Per tensor the two orders differ: each channel of fq(w)
     is stretched by its own factor and leaves the grid. Per channel (min/max ranges) they agree to
     float rounding: channel c's grid is stretched as a whole, S_c -> |factor_c| S_c.
     """
@@ -484,7 +484,7 @@ class BNFoldExplorer(Explorer):
         (self.f_mark,) = self.ax_f.plot([], [], "o", color=HIGHLIGHT, ms=7, label="edited channel")
         self.ax_f.set(yscale="log", xlim=(-1, C), xlabel="output channel", ylabel="|gamma_c| / sqrt(var_c + eps)",
                       title="fold factor per channel (Eq. 41)")
-        self.ax_f.legend(fontsize=8, loc="upper right")
+        self.ax_f.legend(loc="upper right")
         self.r_bars = self.ax_r.stairs(np.ones(C), edges, fill=True, color=FACTOR_COLOR, baseline=1e-30,
                                        label="after folding max|w_fold,c|")
         (self.r_before,) = self.ax_r.plot(x, np.ones(C), "_", color="k", ms=4, mew=1.2, label="before folding max|w_c|")
@@ -492,13 +492,13 @@ class BNFoldExplorer(Explorer):
         self.t_line = self.ax_r.axhline(1.0, color=TENSOR_COLOR, ls="--", lw=1.2, label="per-tensor max (sets S)")
         self.ax_r.set(yscale="log", xlim=(-1, C), xlabel="output channel", ylabel="max |w|",
                       title="channel ranges before / after fold")
-        self.ax_r.legend(fontsize=7, loc="upper right")
+        self.ax_r.legend(loc="upper right")
         (self.s_t,) = self.ax_s.plot(x, np.zeros(C), ".-", color=TENSOR_COLOR, ms=3, lw=0.8, label="per-tensor")
         (self.s_c,) = self.ax_s.plot(x, np.zeros(C), ".-", color=CHANNEL_COLOR, ms=3, lw=0.8, label="per-channel")
         self.s_mark = self.ax_s.axvline(0, color=HIGHLIGHT, lw=1.0)
         self.ax_s.set(xlim=(-1, C), xlabel="output channel", ylabel="SQNR (dB)",
                       title="quantized folded weights: SQNR")
-        self.ax_s.legend(fontsize=8, loc="lower left")
+        self.ax_s.legend(loc="lower left")
 
     def render(self, log_var: float, gamma: float, bits: int, channel: int) -> dict:
         edited = self.layer.with_channel(channel, gamma_scale=gamma, var_scale=10.0 ** log_var)
@@ -595,7 +595,7 @@ class FoldOrderExplorer(Explorer):
         self.ax_g.set(yticks=[0, 1, 2], yticklabels=["quantize → fold\n(trained)", "fold → quantize", "w_fold"],
                       ylim=(-0.6, 2.6), xlabel="weight value",
                       title=f"channel {self.channel} (largest fold factor) on the integer model's grid")
-        self.ax_g.legend(fontsize=7, loc="upper right", ncols=2)
+        self.ax_g.legend(loc="upper right", ncols=2)
         C = self.layer.channels
         edges = np.arange(C + 1) - 0.5
         self.m_bars = self.ax_m.stairs(np.zeros(C), edges, fill=True, color=TENSOR_COLOR,
@@ -604,7 +604,7 @@ class FoldOrderExplorer(Explorer):
                                        label="quantization error fold → quantize")
         self.ax_m.set(xlim=(-1, C), xlabel="output channel", ylabel="MSE / LSB² of its grid",
                       title="train/deploy mismatch per channel")
-        self.ax_m.legend(fontsize=7, loc="upper right")
+        self.ax_m.legend(loc="upper right")
 
     def render(self, bits: int, per_channel: bool) -> dict:
         cmp = compare_fold_order(self.layer, bits, per_channel=per_channel)

@@ -14,7 +14,10 @@ module holds what notebook 08 shows of it, each piece a plain function returning
 * ``rounding_comparison`` / ``RoundingExplorer``: the last rounding of the fixed-point multiply
   done three ways (``multiply_by_quantized_multiplier``'s ``rounding=`` option) on signed int32
   accumulators, and the bias of round-half-up (Eq. 28-29);
-* ``tiny_integer_model``: a 2-layer float conv net, calibrated and converted to an ``IntegerModel``.
+* ``tiny_integer_model``: a 2-layer float conv net, calibrated and converted to an ``IntegerModel``;
+* ``pair_saturation_on_this_cpu``: the paper's Appendix B constraint today: one conv layer computed
+  exactly, with the int16 pair arithmetic of x86 CPUs without VNNI (``qlearn.saturation``), and by
+  PyTorch's x86 and qnnpack int8 engines on the learner's CPU.
 
 Everything is deterministic (one seed in, the same numbers out) and cached, so sliders respond fast.
 """
@@ -52,6 +55,8 @@ from qlearn.quantize import fake_quantize, quantize
 from qlearn.widgets.base import Explorer, int_slider
 
 __all__ = [
+    "PairSaturation",
+    "pair_saturation_on_this_cpu",
     "MultiplierSplit",
     "split_multiplier",
     "multiplier_error_curve",
@@ -249,7 +254,7 @@ def _float_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, *, stride:
 
 
 def _weight_qparams(w: np.ndarray, bits: int, per_channel: bool) -> QParams:
-    """Symmetric, signed, narrow-range weights (int8 [-127, 127] at 8 bits; paper Sec. 2.4)."""
+    """Symmetric, signed, narrow-range weights (int8 [-127, 127] at 8 bits, Z = 0; docs/conventions.md)."""
     if per_channel:
         a = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
         return qparams_from_range(-a, a, bits, symmetric=True, signed=True, narrow_range=True, axis=0)
@@ -546,7 +551,7 @@ def _conv_layer(name: str, inputs: str, w: np.ndarray, b: np.ndarray, in_qp: QPa
 def tiny_integer_model(seed: int = 0, *, calibration: int = 16) -> TinyModel:
     """A random 2-layer conv net, calibrated on ``calibration`` random 8x8 images, as an IntegerModel.
 
-    Input grid: [0, 1] in uint8 (S = 1/255, Z = 0). Weights: symmetric int8 per tensor (paper Sec. 2.4).
+    Input grid: [0, 1] in uint8 (S = 1/255, Z = 0). Weights: symmetric int8 per tensor (Z = 0; docs/conventions.md).
     Output grids: min/max of each layer's float output on the calibration images (the ReLU6 layer's
     range starts at 0, so its zero point is 0 and its clamp is [0, round(6/S)] at most; Eq. 37).
     """
@@ -573,6 +578,114 @@ def tiny_integer_model(seed: int = 0, *, calibration: int = 16) -> TinyModel:
 
 
 # ======================================================================================== explorers
+@dataclass(frozen=True, eq=False)
+class PairSaturation:
+    """One conv layer on given codes: exact, int16 pairs (numpy), PyTorch x86 and qnnpack, side by side.
+
+    rows: one dict per (layer, codes) case with the keys
+      layer, codes ("8-bit 0..255" / "7-bit 0..127"), outputs, max_pair_sum,
+      saturated (fraction of outputs whose int16 pairs lost something), emulated_vs_exact (max LSB),
+      x86_vs_exact, x86_vs_emulated, qnnpack_vs_exact (each (max |diff| LSB, fraction identical)).
+    cpu: the CPU's int8 features (``qlearn.latency.cpu_int8_features``).
+    pair_sums: every pair sum of the full-range depthwise layer (for the histogram).
+    scatter: (exact codes, x86 codes) of the full-range depthwise layer.
+    """
+
+    rows: list
+    cpu: dict
+    pair_sums: np.ndarray
+    scatter: tuple
+
+    def figure(self) -> Figure:
+        """Left: the pair sums against the int16 range. Right: PyTorch x86's output codes against exact ones."""
+        fig = Figure(figsize=(9.0, 3.4), dpi=100, layout="constrained")
+        ax1, ax2 = fig.subplots(1, 2)
+        ps = self.pair_sums
+        ax1.hist(ps, bins=80, color="0.55")
+        for lim in (-32768, 32767):
+            ax1.axvline(lim, color="C3", lw=1.2)
+        ax1.axvspan(32767, max(ps.max(), 32768), color="C3", alpha=0.12)
+        ax1.axvspan(min(ps.min(), -32769), -32768, color="C3", alpha=0.12)
+        ax1.set_xlabel("a w + a' w'  (pair of uint8 x int8 products)")
+        ax1.set_ylabel("pairs")
+        ax1.set_title(f"{100 * np.mean(np.abs(ps) > 32767):.1f} % of pairs leave int16 (red)", fontsize=9)
+        exact, x86 = self.scatter
+        ax2.plot([0, 255], [0, 255], color="0.7", lw=0.8)
+        ax2.scatter(exact.ravel(), x86.ravel(), s=2, alpha=0.3, color="C0")
+        ax2.set_xlabel("exact output code (qlearn.integer.conv2d)")
+        ax2.set_ylabel("PyTorch x86 output code")
+        ax2.set_title("depthwise, 128 channels, 8-bit codes", fontsize=9)
+        return fig
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
+    d = np.abs(a.astype(np.int64) - b.astype(np.int64))
+    return int(d.max()), float(np.mean(d == 0))
+
+
+def _torch_conv2d(engine: str, x: np.ndarray, zx: int, w: np.ndarray, bias_q: np.ndarray, s1: float,
+                  s2: np.ndarray, s3: float, zo: int, padding: int, groups: int) -> np.ndarray:
+    """PyTorch's quantized conv on the very same integers (no float round trip of the codes)."""
+    import warnings
+
+    import torch
+
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # quantized tensor constructors are marked private
+            qw = torch._make_per_channel_quantized_tensor(torch.from_numpy(w), torch.from_numpy(s2),
+                                                          torch.zeros(len(s2), dtype=torch.long), 0)
+            qx = torch._make_per_tensor_quantized_tensor(torch.from_numpy(x), s1, zx)
+        packed = torch.ops.quantized.conv2d_prepack(qw, torch.from_numpy((bias_q * s1 * s2).astype(np.float32)),
+                                                    [1, 1], [padding] * 2, [1, 1], groups)
+        return torch.ops.quantized.conv2d(qx, packed, s3, zo).int_repr().numpy()
+    finally:
+        torch.backends.quantized.engine = old
+
+
+@lru_cache(maxsize=4)
+def pair_saturation_on_this_cpu(seed: int = 0) -> PairSaturation:
+    """A 3x3 conv (16 -> 16) and a depthwise 3x3 conv (128 channels), on random 8-bit and 7-bit codes.
+
+    Each is computed four ways: exact (``qlearn.integer.conv2d``), with int16 pair sums
+    (``qlearn.saturation.conv2d``), by PyTorch's x86 engine and by its qnnpack engine. Weights are
+    random int8 in [-127, 127], per-channel scales; the input zero point is in the middle of the codes.
+    """
+    from qlearn import saturation as sat
+    from qlearn.latency import cpu_int8_features
+
+    seed = _seed(seed)
+    rows, pair_sums, scatter = [], None, None
+    for layer, (cin, cout, groups) in (("3x3 conv, 16 -> 16", (16, 16, 1)), ("depthwise 3x3, 128 channels", (128, 128, 128))):
+        for codes, top in (("8-bit 0..255", 255), ("7-bit 0..127", 127)):
+            rng = np.random.default_rng(seed)
+            x = rng.integers(0, top + 1, (2, cin, 12, 12)).astype(np.uint8)   # (N, C, H, W) codes
+            w = rng.integers(-127, 128, (cout, cin // groups, 3, 3)).astype(np.int8)
+            s1, s3, zx, zo = 0.02, 0.06, top // 2, 97
+            s2 = rng.uniform(0.002, 0.01, cout)                                # per-channel weight scales
+            bias_q = quantize_bias(rng.normal(0, 0.5, cout), s1, s2)
+            m0, shift = requant_multiplier(s1, s2, s3)
+            args, kw = (x, zx, w, bias_q, m0, shift, zo), dict(padding=1, groups=groups)
+            exact, emulated = conv2d(*args, **kw), sat.conv2d(*args, **kw)
+            x86 = _torch_conv2d("x86", x, zx, w, bias_q, s1, s2, s3, zo, 1, groups)
+            qnnpack = _torch_conv2d("qnnpack", x, zx, w, bias_q, s1, s2, s3, zo, 1, groups)
+            rep = sat.saturation(x, w, x_zp=zx, **kw)
+            rows.append({
+                "layer": layer, "codes": codes, "outputs": rep.n_outputs, "max_pair_sum": rep.max_pair_sum,
+                "saturated": rep.fraction, "emulated_vs_exact": _agreement(emulated, exact)[0],
+                "x86_vs_exact": _agreement(x86, exact), "x86_vs_emulated": _agreement(x86, emulated),
+                "qnnpack_vs_exact": _agreement(qnnpack, exact),
+            })
+            if groups > 1 and top == 255:
+                cols = sat.im2col(x, zx, (3, 3), padding=1, groups=groups)
+                wg = sat._conv_weights(w, groups)
+                pair_sums = np.concatenate([sat._pair_sums(cols[:, g], wg[g]).ravel() for g in range(groups)])
+                scatter = (exact, x86)
+    return PairSaturation(rows, cpu_int8_features(), pair_sums, scatter)
+
+
 class MultiplierExplorer(Explorer):
     """Slide M (log scale): its M0 and shift, the relative error of M0 2^(shift-31), and x * M in integers."""
 
@@ -608,8 +721,8 @@ class MultiplierExplorer(Explorer):
         self.ax_shift.yaxis.set_major_locator(MaxNLocator(integer=True))
         (self.q_dot,) = ax.plot([], [], "o", color=HALF_UP_COLOR, ms=7)
         self.v_q = ax.axvline(1.0, color=HALF_UP_COLOR, lw=0.8)
-        ax.legend(loc="lower left", fontsize=8)
-        self.ax_shift.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower left")
+        self.ax_shift.legend(loc="lower right")
         for a in (self.ax_q, self.ax_shift):
             a.minorticks_off()  # dozens of log minor ticks would double the cost of every redraw
 
@@ -620,7 +733,7 @@ class MultiplierExplorer(Explorer):
         (self.err_dot,) = ax.plot([], [], "o", color=HALF_UP_COLOR, ms=7, label="your M")
         ax.set(xlabel="M", ylabel="relative error", title="error of the fixed-point multiplier (Eq. 31)",
                ylim=(-2.0**-30, 2.0**-30))
-        ax.legend(loc="lower left", fontsize=7)
+        ax.legend(loc="lower left")
         ax.minorticks_off()
 
     def render(self, multiplier: float, x: int) -> dict:
@@ -685,13 +798,13 @@ class ConvExplorer(Explorer):
         ax.set(yscale="log", xticks=self.DIFF_VALUES, xlabel="q_int − q_fake (LSB)", ylabel="outputs",
                title="integer kernel vs fake-quant")
         ax.minorticks_off()
-        self.bar_text = [ax.text(v, 1.0, "", ha="center", va="bottom", fontsize=8) for v in self.DIFF_VALUES]
+        self.bar_text = [ax.text(v, 1.0, "", ha="center", va="bottom", fontsize="small") for v in self.DIFF_VALUES]
         ax = self.ax_err
         zeros = np.zeros(self.ERR_EDGES.size - 1)
         self.h_fake = ax.stairs(zeros, self.ERR_EDGES, color=FAKE_COLOR, lw=1.5, label="fake-quant")
         self.h_int = ax.stairs(zeros, self.ERR_EDGES, color=INT_COLOR, lw=1.0, ls="--", label="integer")
         ax.set(xlabel="q − (y_float/S3 + Z3)  (LSB)", ylabel="outputs", title="error vs float reference")
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(loc="upper left")
 
     def render(self, bits: int, seed: int, per_channel: bool) -> dict:
         r = conv_three_ways(bits, seed, per_channel)
@@ -757,7 +870,7 @@ class RoundingExplorer(Explorer):
             for mode, label in ROUNDING_LABELS.items()
         }
         self.ax_h.set(xlabel="result − x·M (LSB)", ylabel="outputs", title="error of each rounding")
-        self.ax_h.legend(fontsize=7, loc="lower center")
+        self.ax_h.legend(loc="lower center")
         vals = np.array([-1, 0, 1])
         self.diff_bars = {}
         for off, mode in ((-0.18, "double_half_up"), (0.18, "single")):
@@ -766,7 +879,7 @@ class RoundingExplorer(Explorer):
         self.ax_d.set(yscale="log", xticks=vals, xlabel="result − half-away result (LSB)", ylabel="outputs",
                       title="differences from half-away")
         self.ax_d.minorticks_off()
-        self.ax_d.legend(fontsize=7, loc="upper left")
+        self.ax_d.legend(loc="upper left")
         modes = list(ROUNDING_LABELS)
         self.mean_bars = self.ax_m.bar(range(3), np.zeros(3), color=[ROUNDING_COLORS[m] for m in modes])
         self.mean_err = self.ax_m.errorbar(range(3), np.zeros(3), yerr=np.zeros(3), fmt="none", ecolor="k",

@@ -142,7 +142,8 @@ def compare_ranges(
     """Apply each range rule to ``x`` at ``bits`` and measure the error on the bulk and the outliers.
 
     ``outliers``: optional (n,) bool mask of the outlier positions (default: none are outliers).
-    ``symmetric``: the paper's weight format (signed, narrow range, Z = 0; Eq. 8) instead of uint.
+    ``symmetric``: qlearn's weight format (signed, narrow range, Z = 0; Eq. 8; docs/conventions.md)
+    instead of the paper's asymmetric uint.
     """
     arr = as_float_array(x, "x").ravel()
     bits = check_bits(bits)
@@ -202,18 +203,18 @@ class OutlierExplorer(Explorer):
                                      transform=self.ax_h.get_xaxis_transform(), label=m)
             self.range_lines[m] = (line, y)
         self.ax_h.set(yscale="log", xlabel="value (σ)", ylabel="count", title="data and the four ranges")
-        self.ax_h.legend(fontsize=7, loc="lower center")
+        self.ax_h.legend(loc="lower center")
         x = np.arange(len(RANGE_METHODS))
         self.bars_r = self.ax_e.bar(x - 0.2, np.ones(len(x)), 0.4, color="#9ecae1", label="rounding")
         self.bars_c = self.ax_e.bar(x + 0.2, np.ones(len(x)), 0.4, color="#ff7f0e", label="clipping")
         (self.bulk_pts,) = self.ax_e.plot(x, np.ones(len(x)), "k*", ms=9, label="MSE on the bulk")
         self.ax_e.set(yscale="log", xticks=x, ylabel="MSE (all values)", title="rounding vs clipping (Eq. 14)")
-        self.ax_e.set_xticklabels(["min/max", "pct 99.9", "MSE-opt", "EMA"], fontsize=8)
-        self.ax_e.legend(fontsize=7, loc="upper right")
+        self.ax_e.set_xticklabels(["min/max", "pct 99.9", "MSE-opt", "EMA"], fontsize="small")
+        self.ax_e.legend(loc="upper right")
         self.bars_l = self.ax_l.bar(x, np.ones(len(x)), 0.6, color=[METHOD_COLORS[m] for m in RANGE_METHODS])
         self.ax_l.set(xticks=x, ylabel="grid points", title=f"levels inside the bulk |x| ≤ {BULK_SIGMA:g}σ")
-        self.ax_l.set_xticklabels(["min/max", "pct 99.9", "MSE-opt", "EMA"], fontsize=8)
-        self.level_text = [self.ax_l.text(i, 0, "", ha="center", va="bottom", fontsize=8) for i in x]
+        self.ax_l.set_xticklabels(["min/max", "pct 99.9", "MSE-opt", "EMA"], fontsize="small")
+        self.level_text = [self.ax_l.text(i, 0, "", ha="center", va="bottom", fontsize="small") for i in x]
 
     def render(self, magnitude: float, fraction: float, bits: int, symmetric: bool) -> dict:
         x, mask, results = _cached_compare(self.n, float(magnitude), float(fraction), int(bits), bool(symmetric), self.seed)
@@ -414,7 +415,7 @@ class ModelRangesExplorer(Explorer):
         self.ax_acc.set(xlabel="bits", ylabel="test accuracy (%)", ylim=(0, 102), xticks=self.bits_axis)
         self.legend = None
         self.bars = self.ax_bar.bar(np.arange(4), np.ones(4), 0.6)
-        self.bar_text = [self.ax_bar.text(i, 0, "", ha="center", va="bottom", fontsize=8) for i in range(4)]
+        self.bar_text = [self.ax_bar.text(i, 0, "", ha="center", va="bottom", fontsize="small") for i in range(4)]
         self.ax_bar.set(ylabel="test accuracy (%)", ylim=(0, 110), xticks=np.arange(4))
 
     def render(self, view: str, bits: int) -> dict:
@@ -426,9 +427,9 @@ class ModelRangesExplorer(Explorer):
             line.set_label(m)
         if self.legend is not None:
             self.legend.remove()
-        self.legend = self.ax_acc.legend(fontsize=7, loc="lower right")
+        self.legend = self.ax_acc.legend(loc="lower right")
         self.v_bits.set_xdata([bits, bits])
-        self.ax_acc.set_title(f"{view}: accuracy vs bits", fontsize=10)
+        self.ax_acc.set_title(f"{view}: accuracy vs bits")
         accs = [float(self.curves[(view, m)][i]) for m in methods]
         for k, (bar, m, a) in enumerate(zip(self.bars, methods, accs)):
             bar.set_height(100 * a)
@@ -436,8 +437,8 @@ class ModelRangesExplorer(Explorer):
             self.bar_text[k].set_position((k, 100 * a))
             self.bar_text[k].set_text(f"{100 * a:.1f}")
         self.ax_bar.set_xticks(np.arange(4), [m.replace("percentile", "pct").replace(" of batch min/max", "")
-                                              for m in methods], fontsize=8)
-        self.ax_bar.set_title(f"at {bits} bits", fontsize=10)
+                                              for m in methods], fontsize="small")
+        self.ax_bar.set_title(f"at {bits} bits")
         numbers: dict[str, Any] = {"quantized": view, "bits": int(bits), "float accuracy": self.lesson.float_acc}
         for m, a in zip(methods, accs):
             numbers[f"accuracy, {m}"] = a

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -90,7 +91,7 @@ def seed_channel_weights(n: int = 2000, seed: int = 0) -> np.ndarray:
 
 
 def _weight_format(bits: int, symmetric: bool) -> dict:
-    """The paper's weight format (Sec. 2.4) when symmetric: signed, narrow range, Z = 0."""
+    """qlearn's weight format when symmetric: signed, narrow range, Z = 0 (docs/conventions.md)."""
     if symmetric:
         return dict(symmetric=True, signed=True, narrow_range=True)
     return dict(symmetric=False, signed=False, narrow_range=False)
@@ -164,8 +165,9 @@ def compare_schemes(w: Any, bits: int, *, axis: int = 0, symmetric: bool = True)
 
     per-tensor : one range (Eq. 13 over the whole tensor) -> one (S, Z)
     per-channel: one range per channel c (Eq. 13 over channel c) -> (S_c, Z_c)
-    symmetric=True is the paper's weight format (Sec. 2.4: signed, narrow range, Z = 0, S = max|w| /
-    (2^(b-1) - 1), Eq. 8); symmetric=False is asymmetric uint (Eqs. 4-6).
+    symmetric=True is qlearn's weight format (signed, narrow range, Z = 0, S = max|w| / (2^(b-1) - 1),
+    Eq. 8: Krishnamoorthi 2018 and the TFLite int8 spec, with the paper's [-127, 127] of Sec. 3.1);
+    symmetric=False is asymmetric uint (Eqs. 4-6), the paper's own a := min w, b := max w.
     """
     arr = as_float_array(w, "w")
     if arr.ndim < 2:
@@ -202,7 +204,7 @@ class SeedChannelsExplorer(Explorer):
         self.w = seed_channel_weights(n, seed)  # (3, n)
         controls = {
             "bits": int_slider("bits", bits, *BITS_RANGE),
-            "symmetric": widgets.Checkbox(symmetric, description="symmetric int weights (paper)", indent=False),
+            "symmetric": widgets.Checkbox(symmetric, description="symmetric weights, Z = 0", indent=False),
         }
         super().__init__(controls)
 
@@ -215,21 +217,21 @@ class SeedChannelsExplorer(Explorer):
         for c, (lo, hi) in enumerate(SEED_RANGES):
             y = self.rows[c]
             ax.add_patch(_rect(lo, y - 0.06, hi - lo, 0.12, "#9ecae1"))
-            ax.text(-5.2, y, f"ch {c}\n[{lo}, {hi}]", va="center", ha="left", fontsize=8)
+            ax.text(-5.2, y, f"ch {c}\n[{lo}, {hi}]", va="center", ha="left", fontsize="small")
         self.t_ticks = LineCollection([], colors=TENSOR_COLOR, linewidths=1.0, label="per-tensor grid")
         self.c_ticks = LineCollection([], colors=CHANNEL_COLOR, linewidths=1.0, label="per-channel grid")
         ax.add_collection(self.t_ticks)
         ax.add_collection(self.c_ticks)
         ax.set(xlim=(-5.3, 5.0), ylim=(-0.7, len(SEED_RANGES) - 0.3), yticks=[], xlabel="weight value",
                title="the grids each channel is rounded to")
-        ax.legend(loc="upper right", fontsize=8, ncols=2)
+        ax.legend(loc="upper right", ncols=2)
         x = np.arange(len(SEED_RANGES))
         self.bars_t = self.ax_mse.bar(x - 0.2, np.ones(3), 0.4, color=TENSOR_COLOR, label="per-tensor")
         self.bars_c = self.ax_mse.bar(x + 0.2, np.ones(3), 0.4, color=CHANNEL_COLOR, label="per-channel")
         (self.pred,) = self.ax_mse.plot(x - 0.2, np.ones(3), "k_", ms=22, mew=2, label="Eq. 19 prediction")
         self.ax_mse.set(yscale="log", xticks=x, xticklabels=[f"ch {c}" for c in x], ylabel="MSE",
                         title="quantization MSE per channel")
-        self.ax_mse.legend(fontsize=8, loc="upper left")
+        self.ax_mse.legend(loc="upper left")
 
     def render(self, bits: int, symmetric: bool) -> dict:
         cmp = compare_schemes(self.w, bits, symmetric=symmetric)
@@ -338,7 +340,8 @@ class LessonModel:
     data: Any  # qlearn.data.ImageData
     float_acc: float
     layers: dict[str, FoldedLayer] = field(default_factory=dict)
-    path: Path | None = None
+    path: Path | None = None  # its checkpoint (shipped, cached, or None: in memory only)
+    shipped: bool = False  # True: the model shipped with qlearn (qlearn.shipped), the lessons' default
     cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -384,7 +387,8 @@ def _folded_layers(folded: nn.Module) -> dict[str, FoldedLayer]:
     return layers
 
 
-def _build_lesson(config: LessonConfig, model: nn.Module, data: Any, path: Path | None) -> LessonModel:
+def _build_lesson(config: LessonConfig, model: nn.Module, data: Any, path: Path | None, *,
+                  shipped: bool = False) -> LessonModel:
     from qlearn.bn_fold import fuse_model
     from qlearn.train import evaluate
 
@@ -392,44 +396,87 @@ def _build_lesson(config: LessonConfig, model: nn.Module, data: Any, path: Path 
     folded = fuse_model(model)
     with _one_thread():
         acc = evaluate(folded, data.x_test, data.y_test)
-    return LessonModel(config, model, folded, data, acc, _folded_layers(folded), path)
+    return LessonModel(config, model, folded, data, acc, _folded_layers(folded), path, shipped=shipped)
 
 
 _LESSONS: dict[tuple[LessonConfig, str], LessonModel] = {}  # one object per (config, folder) per process
 
 
-def _load_or_train(config: LessonConfig, directory: str, progress: bool) -> LessonModel:
-    from qlearn.data import load_digits_data
-    from qlearn.models import MODELS
-    from qlearn.train import TrainConfig, load_checkpoint, save_checkpoint, seed_everything, train
+def _read_cached(config: LessonConfig, path: Path) -> nn.Module | None:
+    """The model in a cached checkpoint ``path`` if it is readable and is this config's model, else None.
 
-    data = load_digits_data(config.input_size, seed=config.seed)
-    path = Path(directory) / f"{config.key}.pt"
-    if path.is_file():
-        model, _ = load_checkpoint(path)
-        return _build_lesson(config, model, data, path)
+    A corrupt file, or one that holds another architecture under this key, is reported in one line and
+    trained again (and overwritten), rather than failing every later call.
+    """
+    from qlearn.train import load_checkpoint
+
+    try:
+        model, extra = load_checkpoint(path)
+    except (ValueError, OSError, RuntimeError, EOFError) as e:
+        print(f"qlearn: the cached lesson model {path} is unreadable ({e}); training it again", file=sys.stderr)
+        return None
+    arch = dict(getattr(model, "config", {}) or {}).get("arch")
+    if extra.get("lesson_key") != config.key or (arch is not None and arch != config.arch):
+        print(f"qlearn: the cached lesson model {path} is not {config.key} (it says {extra.get('lesson_key')!r}, "
+              f"arch {arch!r}); training it again", file=sys.stderr)
+        return None
+    return model
+
+
+def _train(config: LessonConfig, data: Any, progress: bool) -> nn.Module:
+    from qlearn.models import MODELS
+    from qlearn.train import TrainConfig, seed_everything, train
+
     with _one_thread():
         seed_everything(config.seed)
         model = MODELS[config.arch](data.num_classes, width=config.width, input_size=config.input_size,
                                     in_channels=data.in_channels)
         tc = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
         train(model, data.x_train, data.y_train, tc, progress=progress, desc=f"training the lesson model ({config.key})")
+    return model
+
+
+def _load_or_train(config: LessonConfig, directory: Path | None, progress: bool, retrain: bool) -> LessonModel:
+    """Shipped model (``directory`` None, not ``retrain``) > cached checkpoint > trained now and cached."""
+    from qlearn.data import load_digits_data
+    from qlearn.shipped import shipped_file
+    from qlearn.train import load_checkpoint, save_checkpoint
+
+    data = load_digits_data(config.input_size, seed=config.seed)
+    if directory is None and not retrain:
+        shipped = shipped_file(f"{config.key}.pt")  # sha256-checked
+        if shipped is not None:
+            model, _ = load_checkpoint(shipped)
+            return _build_lesson(config, model, data, shipped, shipped=True)
+    path = (cache_dir() if directory is None else directory) / f"{config.key}.pt"
+    model = _read_cached(config, path) if path.is_file() and not retrain else None
+    if model is not None:
+        return _build_lesson(config, model, data, path)
+    model = _train(config, data, progress)
     try:  # write beside, then rename: a process reading the cache never sees half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         save_checkpoint(tmp, model, extra={"lesson_key": config.key})
         os.replace(tmp, path)
+        for stale in path.parent.glob(f"{path.stem}.*.json"):  # results of the model this one replaces
+            stale.unlink(missing_ok=True)
     except OSError:  # a read-only home: keep the model in memory, train again next session
         path = None
     return _build_lesson(config, model, data, path)
 
 
 def lesson_model(config: LessonConfig | None = None, *, directory: str | Path | None = None,
-                 progress: bool = True) -> LessonModel:
-    """The small trained MobileNet of notebooks 03 and 04, from the cache or trained once (~10 s).
+                 progress: bool = True, retrain: bool = False) -> LessonModel:
+    """The small trained MobileNet of notebooks 03-06: the one shipped with qlearn, unless asked otherwise.
 
-    Trained deterministically (``config.seed`` fixes the initial weights and the batch order; one
-    thread), saved as ``<cache_dir()>/<config.key>.pt`` with ``qlearn.train.save_checkpoint`` and
-    reloaded with weights-only loading. Within one Python process the same object is returned.
+    By default (``directory=None``, ``retrain=False``) every learner gets the same weights: the
+    checkpoint in ``qlearn/shipped`` (sha256-checked, weights-only loading; ``qlearn.shipped``). Seeded
+    training is deterministic on one machine but gives slightly different weights on another CPU, so
+    ``retrain=True`` trains the model on this CPU (about ten seconds on one core: ``config.seed`` fixes the
+    initial weights and the batch order; one thread) and caches it as ``<cache_dir()>/<config.key>.pt``
+    (or in ``directory``); later calls with ``directory`` read that cache. A corrupt cached checkpoint, or
+    one of another model, is trained again with a one-line message. Within one Python process the same
+    object is returned for the same (config, folder), until ``retrain=True`` replaces it.
     """
     if config is None:
         config = LessonConfig()
@@ -437,19 +484,39 @@ def lesson_model(config: LessonConfig | None = None, *, directory: str | Path | 
         raise TypeError(f"config must be a LessonConfig, got {type(config).__name__}")
     if directory is not None and not isinstance(directory, (str, Path)):
         raise TypeError(f"directory must be a folder path or None, got {type(directory).__name__}")
-    directory = cache_dir() if directory is None else Path(directory)
-    key = (config, str(directory))
-    if key not in _LESSONS:
-        _LESSONS[key] = _load_or_train(config, str(directory), bool(progress))
+    for name, flag in (("progress", progress), ("retrain", retrain)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    folder = None if directory is None else Path(directory)
+    key = (config, "shipped" if folder is None and not retrain else str(folder or cache_dir()))
+    if retrain or key not in _LESSONS:
+        _LESSONS[key] = _load_or_train(config, folder, progress, retrain)
+        if retrain and folder is None:  # the default lesson in this process is now the retrained one
+            _LESSONS[(config, "shipped")] = _LESSONS[key]
     return _LESSONS[key]
+
+
+def _results_file(lesson: LessonModel, name: str) -> tuple[Path | None, Path | None]:
+    """(shipped results file or None, the file to read and write otherwise or None)."""
+    if lesson.path is None:
+        return None, None
+    file_name = f"{lesson.path.stem}.{name}.json"
+    if lesson.shipped:
+        from qlearn.shipped import shipped_file
+
+        return shipped_file(file_name), cache_dir() / file_name
+    return None, lesson.path.with_name(file_name)
 
 
 def cached_results(lesson: LessonModel, name: str, compute: Any) -> dict[str, list[float]]:
     """``compute()`` (a dict of name -> list of floats), stored once beside the lesson model's checkpoint.
 
-    Accuracy sweeps take seconds; the notebooks read them back in milliseconds. The file is
-    ``<checkpoint stem>.<name>.json``; ``name`` should carry a version (e.g. "range-rules-v1") so that
-    a changed computation gets a new file. A result whose file cannot be read or written is computed.
+    Accuracy sweeps and short training runs take seconds to a minute; the notebooks read them back in
+    milliseconds. For the shipped lesson model the results ship too (computed once by
+    ``python -m qlearn ship-models``), so every learner reads the same numbers; a result that is not
+    shipped is computed and kept in the cache folder. The file is ``<checkpoint stem>.<name>.json``;
+    ``name`` should carry a version (e.g. "range-rules-v1") so that a changed computation gets a new
+    file. A result whose file cannot be read or written is computed.
     """
     import json
 
@@ -458,17 +525,21 @@ def cached_results(lesson: LessonModel, name: str, compute: Any) -> dict[str, li
     key = ("results", name)
     if key in lesson.cache:
         return lesson.cache[key]
-    path = None if lesson.path is None else lesson.path.with_name(f"{lesson.path.stem}.{name}.json")
+    shipped, path = _results_file(lesson, name)
     result = None
-    if path is not None and path.is_file():
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError):
-            result = None
+    for candidate in (shipped, path):
+        if candidate is not None and candidate.is_file():
+            try:
+                result = json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                result = None
+            if isinstance(result, dict):
+                break
     if not isinstance(result, dict):
         result = {str(k): [float(v) for v in vals] for k, vals in compute().items()}
         if path is not None:
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
                 tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
                 os.replace(tmp, path)
@@ -484,7 +555,7 @@ WEIGHT_METHODS = ("min/max", "percentile 99.9", "percentile 99", "MSE-optimal")
 
 
 def weight_qparams(w: Any, bits: int, *, per_channel: bool, method: str = "min/max") -> QParams:
-    """Symmetric narrow-range weight parameters (paper Sec. 2.4; Eq. 8) from a range rule.
+    """Symmetric narrow-range weight parameters (Eq. 8; docs/conventions.md) from a range rule.
 
     The rule picks [lo, hi] (Eqs. 13, 15 or a percentile) over the whole tensor or over each output
     channel (axis 0); Eq. 8 then gives S = max(|lo|, |hi|) / (2^(b-1) - 1) and Z = 0.
@@ -596,11 +667,11 @@ class LayerExplorer(Explorer):
         self.t_line = self.ax_rng.axhline(1.0, color=TENSOR_COLOR, ls="--", lw=1.2, label="per-tensor max|w|")
         self.ax_rng.set(yscale="log", xlabel="output channel (sorted by range)", ylabel="max |w_c|",
                         title="folded weight range per channel")
-        self.ax_rng.legend(fontsize=8, loc="upper right")
+        self.ax_rng.legend(loc="upper right")
         (self.sq_t,) = self.ax_sqnr.plot([], [], ".-", color=TENSOR_COLOR, ms=3, lw=0.8, label="per-tensor")
         (self.sq_c,) = self.ax_sqnr.plot([], [], ".-", color=CHANNEL_COLOR, ms=3, lw=0.8, label="per-channel")
         self.ax_sqnr.set(xlabel="output channel (sorted by range)", ylabel="SQNR (dB)", title="error per channel")
-        self.ax_sqnr.legend(fontsize=8, loc="lower left")
+        self.ax_sqnr.legend(loc="lower left")
         b = self.bits_axis
         self.ax_acc.plot(b, 100 * self.curves[False], "o-", color=TENSOR_COLOR, label="all layers, per-tensor")
         self.ax_acc.plot(b, 100 * self.curves[True], "o-", color=CHANNEL_COLOR, label="all layers, per-channel")
@@ -610,7 +681,7 @@ class LayerExplorer(Explorer):
         self.ax_acc.axhline(100 * self.lesson.float_acc, color="gray", ls=":", label="float")
         self.ax_acc.set(xlabel="weight bits", ylabel="test accuracy (%)", ylim=(0, 102), xticks=b,
                         title="model accuracy (weights only quantized)")
-        self.ax_acc.legend(fontsize=7, loc="lower right")
+        self.ax_acc.legend(loc="lower right")
 
     def render(self, layer: str, bits: int) -> dict:
         lay = self.lesson.layer(layer)

@@ -23,6 +23,7 @@ progress bar and refreshes the explorers it is linked to.
 from __future__ import annotations
 
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from matplotlib.figure import Figure
 from qlearn.error import sqnr_db
 from qlearn.pipeline import PipelineConfig, PipelineRun, cached_quick_run, folded_weight_ranges, load_run
 from qlearn.quantize import dequantize
+from qlearn.shipped import shipped_dir, shipped_folder
 from qlearn.widgets.base import Explorer, int_slider
 from qlearn.widgets.per_channel import _one_thread  # one torch thread: same last bits everywhere
 
@@ -80,19 +82,41 @@ def _check_run(run: Any) -> PipelineRun:
 _RUNS: dict[tuple[str, int], PipelineRun] = {}  # (folder, report.json mtime) -> loaded run, per process
 
 
+def _shipped_run_dir(model: str, seed: int, config: PipelineConfig | None) -> Path | None:
+    """The quick run shipped with qlearn for these settings (every file sha256-checked), or None."""
+    from qlearn.pipeline import quick_run_dir
+
+    name = quick_run_dir(model, seed, directory="pipeline", config=config).as_posix()
+    return shipped_folder(name)
+
+
 def pipeline_run(model: str = "mobilenet_v2", seed: int = 0, *, directory: str | Path | None = None,
                  progress: bool = True, rerun: bool = False, config: PipelineConfig | None = None) -> PipelineRun:
     """The quick pipeline run of ``model`` and ``seed``, read back into models (``load_run``).
 
-    From the cache in well under a second; with a cold cache (or ``rerun=True``) the quick pipeline
-    runs first (~10 s, with a tqdm progress bar; ``qlearn.pipeline.cached_quick_run``). Within one
-    process the same run is returned until it is re-run.
+    By default (no ``directory``, no ``rerun``) the run shipped with qlearn (``qlearn.shipped``):
+    every learner reads the same models and numbers. Seeded training is deterministic on one machine
+    but gives slightly different models on another CPU, so ``rerun=True`` runs the quick pipeline on
+    this CPU (a progress bar; ``qlearn.pipeline.cached_quick_run``) into the cache folder, and its
+    numbers differ a little from the shipped ones. With ``directory`` the run is read from (or made
+    in) that cache folder. A cached run whose checkpoints cannot be read is run again, with a
+    one-line message. Within one process the same run is returned until it is re-run.
     """
-    report = cached_quick_run(model, seed, directory=directory, progress=progress, rerun=rerun, config=config)
-    folder = Path(report["directory"])
+    folder = None
+    if directory is None and not rerun:
+        folder = _shipped_run_dir(model, seed, config)
+    if folder is None:
+        report = cached_quick_run(model, seed, directory=directory, progress=progress, rerun=rerun, config=config)
+        folder = Path(report["directory"])
     key = (str(folder.resolve()), (folder / "report.json").stat().st_mtime_ns)
     if key not in _RUNS:
-        _RUNS[key] = load_run(folder)
+        try:
+            _RUNS[key] = load_run(folder)
+        except (ValueError, OSError, RuntimeError, EOFError, KeyError) as e:
+            if rerun or folder.resolve().is_relative_to(shipped_dir().resolve()):
+                raise
+            print(f"qlearn: the cached run {folder} cannot be read back ({e}); running it again", file=sys.stderr)
+            return pipeline_run(model, seed, directory=directory, progress=progress, rerun=True, config=config)
     return _RUNS[key]
 
 
@@ -401,7 +425,7 @@ class PipelineExplorer(Explorer):
 
     def _on_change(self, change: dict) -> None:
         if not self._frozen:
-            self.update()
+            super()._on_change(change)
 
     def build(self, fig: Figure) -> None:
         from matplotlib.collections import LineCollection
@@ -416,8 +440,8 @@ class PipelineExplorer(Explorer):
             ax.plot(b, [100 * accs[str(k)] for k in b], style, color=color, label=label, ms=4, lw=1.2)
             (self.dots[method],) = ax.plot([], [], "o", color=color, ms=10, mfc="none", mew=2)
         if rep.get("qat"):
-            b = sorted(int(k) for k in rep["qat"])
-            ax.plot(b, [100 * rep["qat"][str(k)] for k in b], "D-", color=QAT_COLOR, ms=6, lw=2, label="QAT per-channel")
+            b = sorted(int(k) for k in rep["qat"])  # only the bit widths QAT was run at: markers, no line between
+            ax.plot(b, [100 * rep["qat"][str(k)] for k in b], "D", color=QAT_COLOR, ms=7, label="QAT per-channel")
             (self.dots["qat"],) = ax.plot([], [], "D", color=QAT_COLOR, ms=12, mfc="none", mew=2)
         ax.plot([8], [100 * rep["integer"]["acc"]], "*", color=INTEGER_COLOR, ms=14, label="integer engine (8-bit QAT)")
         ax.axhline(100 * rep["float_acc"], color="gray", ls=":", label="float")
@@ -425,7 +449,7 @@ class PipelineExplorer(Explorer):
         ax.set(xlabel="weight bits", ylabel="test accuracy (%)", xticks=self.bits_options,
                title=f"{rep['model']} on {rep['dataset']} ({rep['n_test']} test images)")
         ax.invert_xaxis()
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(loc="lower left")
         ax.grid(alpha=0.3)
         # right: the folded weights of the widest-spread layer and the grids
         axw = self.ax_w
@@ -440,7 +464,7 @@ class PipelineExplorer(Explorer):
         axw.set(xlim=(-1, len(c)), ylim=(-1.1 * bound, 1.1 * bound), xlabel="output channel (sorted by range)",
                 ylabel="folded weight value",
                 title=f"{self.range_layer['layer']}: channel ranges differ x{self.range_layer['spread']:.1f}")
-        axw.legend(fontsize=7, loc="lower right")
+        axw.legend(loc="lower right")
 
     def render(self, bits: int) -> dict:
         rep = self.report
@@ -490,9 +514,12 @@ class PipelineExplorer(Explorer):
 
 def _rebuild(explorer: Explorer) -> None:
     """Draw an explorer's figure from scratch (new data, maybe another number of layers or channels)."""
+    import matplotlib as mpl
+
     explorer.fig.clear()
     explorer.fig.set_layout_engine("constrained")
-    explorer.build(explorer.fig)
+    with mpl.rc_context(explorer._rc):  # the explorers' text sizes (qlearn.widgets.base.rc_display)
+        explorer.build(explorer.fig)
     explorer._layout_done = False
 
 
@@ -565,27 +592,27 @@ class IntegerLayerExplorer(Explorer):
 
     def _on_change(self, change: dict) -> None:
         if not self._frozen:
-            self.update()
+            super()._on_change(change)
 
     def build(self, fig: Figure) -> None:
         from matplotlib.ticker import MaxNLocator
 
         self.ax_m, self.ax_d, self.ax_all = fig.subplots(1, 3, width_ratios=[1.0, 1.0, 1.2])
         self.m_stairs = self.ax_m.stairs([1.0], [-0.5, 0.5], fill=True, color="#9e9ac8", baseline=1e-30)
-        self.m_text = self.ax_m.text(0.5, 0.5, "", transform=self.ax_m.transAxes, ha="center", va="center", fontsize=9)
+        self.m_text = self.ax_m.text(0.5, 0.5, "", transform=self.ax_m.transAxes, ha="center", va="center", fontsize="medium")
         self.ax_m.set(yscale="log", xlabel="output channel", ylabel="M = M0 2^(shift-31)")
         self.d_e2e = self.ax_d.stairs([1.0], [-0.5, 0.5], color="#d62728", lw=2, label="end to end", baseline=None)
         self.d_alone = self.ax_d.stairs([1.0], [-0.5, 0.5], fill=True, color="#2ca02c", alpha=0.5, label="this layer alone")
         self.ax_d.set(yscale="log", xlabel="q_int - q_fake (output LSBs)", ylabel="share of output codes",
                       title="integer vs fake-quant, this layer")
         self.ax_d.xaxis.set_major_locator(MaxNLocator(integer=True))
-        self.ax_d.legend(fontsize=7, loc="upper right")
+        self.ax_d.legend(loc="upper right")
         x = np.arange(len(self.rows))
         self.ax_all.plot(x, [100 * r.exact_end_to_end for r in self.rows], ".-", color="#d62728", label="end to end")
         self.ax_all.plot(x, [100 * r.exact_alone for r in self.rows], ".-", color="#2ca02c", label="layer alone")
         self.v_layer = self.ax_all.axvline(0, color="gray", lw=0.8)
         self.ax_all.set(xlabel="layer #", ylabel="identical codes (%)", title="every layer", ylim=(0, 102))
-        self.ax_all.legend(fontsize=7, loc="lower left")
+        self.ax_all.legend(loc="lower left")
 
     def render(self, layer: int) -> dict:
         row = self.rows[int(layer)]
@@ -609,7 +636,7 @@ class IntegerLayerExplorer(Explorer):
             self.m_text.set_text("no multiplier:\nthe pool keeps its input's (S, Z)")
             self.ax_m.set_xticks([])
             self.ax_m.set_xlabel("")
-        self.ax_m.set_title(f"{row.name} ({row.kind})", fontsize=9)
+        self.ax_m.set_title(f"{row.name} ({row.kind})", fontsize="medium")
         e2e, alone = row.diff_end_to_end.ravel(), row.diff_alone.ravel()
         k = max(2, int(max(np.abs(e2e).max(), np.abs(alone).max())))
         edges = np.arange(-k, k + 2) - 0.5

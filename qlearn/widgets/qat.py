@@ -149,12 +149,12 @@ class STEExplorer(Explorer):
         (self.stairs,) = self.ax_f.plot([], [], color=STE_COLOR, lw=1.4, label="x_hat = fake_quant(x) (Eq. 50)")
         self.ax_f.set(xlim=(-self.X_SPAN, self.X_SPAN), ylim=(-self.X_SPAN, self.X_SPAN), xlabel="x", ylabel="x_hat",
                       title="forward: a staircase")
-        self.ax_f.legend(fontsize=8, loc="upper left")
+        self.ax_f.legend(loc="upper left")
         self.ax_g.axhline(0, color="gray", lw=3, alpha=0.35, label="true derivative (0 almost everywhere)")
         (self.grad_line,) = self.ax_g.plot([], [], color=STE_COLOR, lw=1.6, label="STE gradient (Eq. 52)")
         self.ax_g.set(xlim=(-self.X_SPAN, self.X_SPAN), ylim=(-0.15, 1.35), xlabel="x", ylabel="d x_hat / d x",
                       title="backward: 1 inside the range, 0 outside")
-        self.ax_g.legend(fontsize=8, loc="upper left")
+        self.ax_g.legend(loc="upper left")
 
     def render(self, bits: int, lo: float, hi: float) -> dict:
         if not lo < hi:  # both sliders at 0 cannot happen (hi >= 0.05), kept for safety
@@ -338,12 +338,12 @@ class EMAExplorer(Explorer):
         (self.e_lo,) = self.ax_r.plot([], [], color=STE_COLOR, lw=1.5)
         (self.clip,) = self.ax_r.plot([], [], "x", color=PTQ_COLOR, ms=5, label="batch extreme clipped (quantized step)")
         self.ax_r.set(xlabel="training step", ylabel="activation value", title="range seen by the quantizer")
-        self.ax_r.legend(fontsize=7, loc="upper left")
+        self.ax_r.legend(loc="upper left")
         self.s_delay = self.ax_s.axvspan(0, 1, color="#eeeeee")
         (self.s_ema,) = self.ax_s.plot([], [], color=STE_COLOR, lw=1.5, label="S of the EMA range")
         (self.s_batch,) = self.ax_s.plot([], [], ".", color="gray", ms=3, label="S of the batch's own min/max")
         self.ax_s.set(xlabel="training step", ylabel="scale S (8 bits)", yscale="log", title="the quantization step")
-        self.ax_s.legend(fontsize=7, loc="upper right")
+        self.ax_s.legend(loc="upper right")
 
     def render(self, decay: float, delay: int, signal: str) -> dict:
         module = SIGNALS[signal]
@@ -535,10 +535,10 @@ class PTQvsQATExplorer(Explorer):
         self.v_bits = self.ax_c.axvline(4, color="gray", lw=0.8)
         self.ax_c.set(xlabel="weight bits (activations 8 bits)", ylabel="test accuracy (%)", ylim=(0, 102),
                       xticks=b, title="accuracy against weight bit width")
-        self.ax_c.legend(fontsize=7, loc="lower right")
+        self.ax_c.legend(loc="lower right")
         labels = ["float", "PTQ", "fine-tune\n+ PTQ", "QAT"]
         self.bars = self.ax_b.bar(range(4), np.ones(4), color=["gray", PTQ_COLOR, FINETUNE_COLOR, QAT_COLOR])
-        self.bar_text = [self.ax_b.text(i, 0, "", ha="center", va="bottom", fontsize=9) for i in range(4)]
+        self.bar_text = [self.ax_b.text(i, 0, "", ha="center", va="bottom", fontsize="medium") for i in range(4)]
         self.ax_b.set(xticks=range(4), xticklabels=labels, ylabel="test accuracy (%)", ylim=(0, 110))
 
     def render(self, bits: int, per_channel: bool) -> dict:

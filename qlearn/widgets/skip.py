@@ -7,9 +7,10 @@ S1 = S2. Substituting r = S (q - Z) (Eq. 1) gives the re-quantized add of the pa
 
     q3 = Z3 + (S1 / S3)(q1 - Z1) + (S2 / S3)(q2 - Z2)
 
-Both ratios are real numbers, so the integer kernel (``qlearn.integer.add``, TFLite ADD, Eqs. 32-34)
-scales each input to a common fine grid in fixed point, adds in int32 and scales the sum to the
-output grid. During training the same add is followed by a fake-quant node with its own EMA range
+Both ratios are real numbers. The paper's Appendix A.2 rescales one input onto the other's scale, adds,
+then rescales the sum to the output scale; the integer kernel here (``qlearn.integer.add``) is
+TFLite's ADD instead (Eqs. 32-34): it scales both inputs to a common fine grid 2 max(S1, S2) in fixed
+point, adds in int32 and scales the sum to the output grid. During training the same add is followed by a fake-quant node with its own EMA range
 (paper Sec. 3; ``qlearn.qat.QATAdd``): q3 is what that node produces, so training sees the
 inference-time rounding (Eq. 73). The integer result differs from it by at most one LSB.
 
@@ -254,10 +255,10 @@ class IntegerAddExplorer(Explorer):
         (self.pts_int,) = self.ax_sc.plot([], [], ".", ms=2, color=INT_COLOR, label="integer add (Eqs. 32-34)")
         (self.diag,) = self.ax_sc.plot([], [], ":", color="gray", lw=1)
         self.ax_sc.set(xlabel="real sum a + b", ylabel="dequantized output", title="output against the real sum")
-        self.ax_sc.legend(fontsize=7, loc="upper left", markerscale=4)
+        self.ax_sc.legend(loc="upper left", markerscale=4)
         self.lsb_values = np.arange(-3, 4)
         self.bars = self.ax_h.bar(self.lsb_values, np.ones(7), 0.7, color=INT_COLOR)
-        self.bar_text = [self.ax_h.text(v, 0, "", ha="center", va="bottom", fontsize=8) for v in self.lsb_values]
+        self.bar_text = [self.ax_h.text(v, 0, "", ha="center", va="bottom", fontsize="small") for v in self.lsb_values]
         self.ax_h.set(xticks=self.lsb_values, xlabel="q_int - q_exact (output LSBs)", ylabel="% of values",
                       ylim=(0, 115), title="integer add vs exact re-quantized add")
         (self.l_exact,) = self.ax_r.semilogx([], [], "-", color=INT_COLOR, base=2, label="% exact")
@@ -267,7 +268,7 @@ class IntegerAddExplorer(Explorer):
         self.ax_r2 = self.ax_r.twinx()
         (self.l_worst,) = self.ax_r2.semilogx([], [], "--", color="gray", base=2, label="max |error| (LSB)")
         self.ax_r2.set_ylabel("max |error| (LSB)")
-        self.ax_r.legend(handles=[self.l_exact, self.l_worst], fontsize=7, loc="lower left")
+        self.ax_r.legend(handles=[self.l_exact, self.l_worst], loc="lower left")
 
     def render(self, ratio: float, left_shift: int) -> dict:
         e = _cached_add(float(ratio), int(left_shift), self.n, self.seed)
@@ -393,13 +394,13 @@ class ConcatExplorer(Explorer):
         self.ax_g.add_collection(self.own_ticks)
         self.ax_g.add_collection(self.shared_ticks)
         self.ax_g.set(ylim=(0, 1), yticks=[], xlabel="value of b", title="the grids b can live on")
-        self.ax_g.legend(fontsize=7, loc="center right")
+        self.ax_g.legend(loc="center right")
         labels = ["own grid\n(before concat)", "shared grid\n(direct)", "own, then\nre-quantized"]
         self.mse_bars = self.ax_m.bar(np.arange(3), np.ones(3), 0.6, color=[INT_COLOR, SHARED_COLOR, NAIVE_COLOR])
         self.ax_m.set(yscale="log", xticks=np.arange(3), ylabel="MSE of b", title="error of the small tensor")
-        self.ax_m.set_xticklabels(labels, fontsize=7)
+        self.ax_m.set_xticklabels(labels, fontsize="small")
         self.d_bars = self.ax_d.bar([-1, 0, 1], np.ones(3), 0.6, color=NAIVE_COLOR)
-        self.d_text = [self.ax_d.text(v, 0, "", ha="center", va="bottom", fontsize=8) for v in (-1, 0, 1)]
+        self.d_text = [self.ax_d.text(v, 0, "", ha="center", va="bottom", fontsize="small") for v in (-1, 0, 1)]
         self.ax_d.set(xticks=[-1, 0, 1], ylim=(0, 115), xlabel="re-quantized - direct (LSB)", ylabel="% of values",
                       title="double rounding")
 
