@@ -24,25 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
-COLORS = ((220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 220, 40))
-
-
-def make_image_folder(root: Path, per_class: int, val_per_class: int, size: int = 32, seed: int = 0) -> Path:
-    """root/{train,val}/class<k>/<i>.png: noisy size x size images around one colour per class."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", per_class), ("val", val_per_class)):
-        for k, color in enumerate(COLORS):
-            folder = root / split / f"class{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                a = np.clip(rng.normal(color, 40, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(a).save(folder / f"{i:04d}.png")
-    return root
 
 
 def settings(quick: bool) -> dict[str, Any]:
@@ -66,12 +48,13 @@ def _run_pipeline(nproc: int, folder: Path, out: Path, s: dict[str, Any]) -> dic
 def run(quick: bool = False) -> dict[str, Any]:
     """Images/s of the float and QAT stages with 1 and 2 processes, and the ratio; accuracies beside."""
     from benchmarks.common import machine
+    from qlearn.folder_data import make_color_folder
     from qlearn.pipeline import throughput
 
     s = settings(quick)
     result: dict[str, Any] = {"machine": machine(), "settings": s, "processes": {}}
     with tempfile.TemporaryDirectory(prefix="qlearn-bench-ddp-") as work:
-        folder = make_image_folder(Path(work) / "images", s["per_class"], s["val_per_class"])
+        folder = make_color_folder(Path(work) / "images", s["per_class"], s["val_per_class"], classes=4, noise=40.0)
         for nproc in (1, 2):
             report = _run_pipeline(nproc, folder, Path(work) / f"run{nproc}", s)
             result["processes"][nproc] = {

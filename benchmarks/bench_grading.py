@@ -66,7 +66,7 @@ def build(folder: Path, port: int, quick: bool = False) -> tuple[Path, Path, dic
             shutil.copyfile(stus / "ex1_quantize_dequantize.ipynb", honest / f"{name}.ipynb")
             expected[name] = 0
         else:  # partly right: round half up instead of half to even
-            nb = h._replace_body(h._base(), "quantize_tensor",
+            nb = h.replace_body(h.base(), "quantize_tensor",
                                  "q = np.floor(x / scale + 0.5) + zero_point\nreturn np.clip(q, qmin, qmax).astype(np.int64)")
             nbformat.write(nb, str(honest / f"{name}.ipynb"))
             expected[name] = 8
@@ -74,8 +74,8 @@ def build(folder: Path, port: int, quick: bool = False) -> tuple[Path, Path, dic
     attacks = {
         "x_forger": h._forger(), "x_patcher": h._patcher(), "x_snoop": h._snoop(everything), "x_killer": h._killer(),
         "x_limits": h._limits(port), "x_exercise_list": h._exercise_list(), "x_deep_expression": h._deep_expression(),
-        "x_loop": h._replace_body(h._base(), "quantize_tensor", "while True:\n    pass"),
-        "x_memory": h._insert_after(h._base(), "scale_and_zero_point", "big = bytearray(3 * 2**30)"),
+        "x_loop": h.replace_body(h.base(), "quantize_tensor", "while True:\n    pass"),
+        "x_memory": h.insert_after(h.base(), "scale_and_zero_point", "big = bytearray(3 * 2**30)"),
     }
     if quick:
         attacks = {k: attacks[k] for k in ("x_forger", "x_killer")}

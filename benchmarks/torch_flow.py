@@ -13,93 +13,26 @@ symmetric int8 weights over [-128, 127]; qlearn's is the paper's (uint8 activati
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable
 
 import torch
 import torch.ao.nn.intrinsic.qat as nniqat
-import torch.ao.nn.quantized as nnq
 import torch.ao.quantization as tq
 from torch import nn
 
-from qlearn.models import ConvBNReLU, DepthwiseSeparable, InvertedResidual, MobileNet
+from qlearn.deploy import conv_bn_pairs, eager_copy  # the same eager-mode copy notebook 13 uses
+
+__all__ = ["eager_copy", "fuse_conv_bn", "prepare", "freeze_bn_callback", "convert", "describe_qconfig"]
 
 
-class EagerConvBNReLU(nn.Module):
-    """conv -> bn -> ReLU6 module (or nothing): ConvBNReLU with its activation as a module."""
-
-    def __init__(self, block: ConvBNReLU) -> None:
-        super().__init__()
-        self.conv, self.bn = block.conv, block.bn
-        self.act = nn.ReLU6() if block.relu6 else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
-
-
-class EagerDepthwiseSeparable(nn.Module):
-    def __init__(self, block: DepthwiseSeparable) -> None:
-        super().__init__()
-        self.dw, self.pw = EagerConvBNReLU(block.dw), EagerConvBNReLU(block.pw)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pw(self.dw(x))
-
-
-class EagerInvertedResidual(nn.Module):
-    def __init__(self, block: InvertedResidual) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(*[EagerConvBNReLU(b) for b in block.layers])
-        self.use_res = block.use_res
-        self.skip = nnq.FloatFunctional()  # the add becomes a quantized add with its own (S, Z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layers(x)
-        return self.skip.add(x, y) if self.use_res else y
-
-
-class EagerMobileNet(nn.Module):
-    """QuantStub -> features -> avg pool -> flatten -> classifier -> DeQuantStub."""
-
-    def __init__(self, model: MobileNet) -> None:
-        super().__init__()
-        src = copy.deepcopy(model)
-        blocks: list[nn.Module] = []
-        for block in src.features:
-            if isinstance(block, ConvBNReLU):
-                blocks.append(EagerConvBNReLU(block))
-            elif isinstance(block, DepthwiseSeparable):
-                blocks.append(EagerDepthwiseSeparable(block))
-            elif isinstance(block, InvertedResidual):
-                blocks.append(EagerInvertedResidual(block))
-            else:
-                raise TypeError(f"eager_copy does not know block type {type(block).__name__}")
-        self.quant = tq.QuantStub()
-        self.features = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = src.classifier
-        self.dequant = tq.DeQuantStub()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(self.quant(x))
-        return self.dequant(self.classifier(torch.flatten(self.pool(x), 1)))
-
-
-def eager_copy(model: MobileNet) -> EagerMobileNet:
-    """A deep copy of a float qlearn MobileNet in PyTorch eager-quantization form (same function)."""
-    if not isinstance(model, MobileNet):
-        raise TypeError(f"eager_copy needs a qlearn MobileNet, got {type(model).__name__}")
-    return EagerMobileNet(model)
-
-
-def fuse_conv_bn(model: EagerMobileNet) -> EagerMobileNet:
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
     """Step 1 of the flow: ``torch.ao.quantization.fuse_modules_qat`` on every (conv, bn) pair, in place."""
-    pairs = [[f"{name}.conv", f"{name}.bn"] for name, m in model.named_modules() if isinstance(m, EagerConvBNReLU)]
+    pairs = conv_bn_pairs(model)
     model.train()
     return tq.fuse_modules_qat(model, pairs, inplace=True)
 
 
-def prepare(model: EagerMobileNet, engine: str = "x86") -> EagerMobileNet:
+def prepare(model: nn.Module, engine: str = "x86") -> nn.Module:
     """Step 2: attach PyTorch's default QAT qconfig for ``engine`` and insert fake-quant (in place)."""
     torch.backends.quantized.engine = engine
     model.qconfig = tq.get_default_qat_qconfig(engine)
@@ -115,7 +48,7 @@ def freeze_bn_callback(model: nn.Module, freeze_step: int) -> Callable[[int], No
     return on_step
 
 
-def convert(model: EagerMobileNet) -> nn.Module:
+def convert(model: nn.Module) -> nn.Module:
     """Step 4: ``torch.ao.quantization.convert`` -> a model of quantized modules (eval mode)."""
     model.eval()
     return tq.convert(model, inplace=False)

@@ -40,13 +40,13 @@ from qlearn.latency import CodeAgreement, code_agreement, measure_latency, to_to
 from qlearn.models import ConvBNReLU, DepthwiseSeparable, InvertedResidual, MobileNet
 
 __all__ = [
-    "eager_copy", "TorchEagerPTQ", "torch_eager_ptq", "EngineComparison", "three_engines",
-    "requant_rounding", "pool_ties", "exact_export", "artefacts", "latencies", "LayerCodes", "layer_codes",
+    "EagerConvBNReLU", "eager_copy", "conv_bn_pairs", "TorchEagerPTQ", "torch_eager_ptq", "EngineComparison",
+    "three_engines", "requant_rounding", "pool_ties", "exact_export", "artefacts", "latencies", "LayerCodes", "layer_codes",
 ]
 
 
 # ---------------------------------------------------------------------------- PyTorch's eager flow
-class _EagerConv(nn.Module):
+class EagerConvBNReLU(nn.Module):
     """conv -> bn -> ReLU6 as modules: eager mode quantizes modules, not ``torch.clamp`` calls."""
 
     def __init__(self, block: ConvBNReLU) -> None:
@@ -64,7 +64,7 @@ class _EagerBlock(nn.Module):
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
         convs = [block.dw, block.pw] if isinstance(block, DepthwiseSeparable) else list(block.layers)
-        self.layers = nn.Sequential(*[_EagerConv(b) for b in convs])
+        self.layers = nn.Sequential(*[EagerConvBNReLU(b) for b in convs])
         self.use_res = bool(getattr(block, "use_res", False))
         self.skip = nnq.FloatFunctional()
 
@@ -79,7 +79,7 @@ class _EagerMobileNet(nn.Module):
     def __init__(self, model: MobileNet) -> None:
         super().__init__()
         src = copy.deepcopy(model)
-        blocks = [_EagerConv(b) if isinstance(b, ConvBNReLU) else _EagerBlock(b) for b in src.features]
+        blocks = [EagerConvBNReLU(b) if isinstance(b, ConvBNReLU) else _EagerBlock(b) for b in src.features]
         self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -98,6 +98,11 @@ def eager_copy(model: MobileNet) -> nn.Module:
         if not isinstance(block, (ConvBNReLU, DepthwiseSeparable, InvertedResidual)):
             raise TypeError(f"eager_copy does not know block type {type(block).__name__}")
     return _EagerMobileNet(model).eval()
+
+
+def conv_bn_pairs(model: nn.Module) -> list[list[str]]:
+    """The [conv, bn] module names of an ``eager_copy``: what ``fuse_modules`` / ``fuse_modules_qat`` fold."""
+    return [[f"{name}.conv", f"{name}.bn"] for name, m in model.named_modules() if isinstance(m, EagerConvBNReLU)]
 
 
 @dataclass(eq=False)
@@ -141,7 +146,7 @@ def torch_eager_ptq(float_model: MobileNet, calib_images: torch.Tensor, *, engin
     if not isinstance(calib_images, torch.Tensor) or not torch.is_floating_point(calib_images) or calib_images.ndim != 4:
         raise TypeError("calib_images must be a float tensor (N, C, H, W)")
     model = eager_copy(float_model)
-    pairs = [[f"{name}.conv", f"{name}.bn"] for name, m in model.named_modules() if isinstance(m, _EagerConv)]
+    pairs = conv_bn_pairs(model)
     model = tq.fuse_modules(model, pairs)  # conv + BN -> one conv (Eq. 41); ReLU6 stays a module
     model.qconfig = tq.get_default_qconfig(engine)
     old = torch.backends.quantized.engine

@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 from qlearn._checks import check_bool, check_int, check_seed
 from qlearn.data import ImageData
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "FolderData", "scan_folder", "load_folder_data", "materialize"]
+__all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "FolderData", "scan_folder", "load_folder_data", "materialize",
+           "make_color_folder"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 EVAL_CROP_FRACTION = 0.875  # 224 / 256: the eval resize is input_size / 0.875 before the centre crop
@@ -250,3 +251,29 @@ def load_folder_data(root: str | Path, input_size: int = 32, *, seed: int = 0, l
     x_cal, y_cal = materialize(calib_set, _shuffled(len(calib_set), seed)[:calib_images], workers=workers)
     return FolderData("folder", x_cal, y_cal, x_test, y_test, classes, train_set)
 
+
+
+#: One colour per class of ``make_color_folder`` (RGB); noisy images around it are easy to tell apart.
+COLORS = ((220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 220, 40))
+
+
+def make_color_folder(root: str | Path, per_class: int, val_per_class: int, *, classes: int = 3,
+                      size: int | tuple[int, int] = 32, noise: float = 30.0, seed: int = 0) -> Path:
+    """A small synthetic folder in ImageNet's layout, to try ``--dataset folder`` (and to test it):
+    root/{train,val}/class<k>/<iii>.png, noisy (H, W, 3) uint8 images around one colour per class."""
+    from PIL import Image
+
+    classes = check_int(classes, "classes", minimum=1, maximum=len(COLORS))
+    counts = (("train", check_int(per_class, "per_class", minimum=1)),
+              ("val", check_int(val_per_class, "val_per_class", minimum=1)))
+    h, w = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(check_seed(seed))
+    root = Path(root)
+    for split, count in counts:
+        for k, color in enumerate(COLORS[:classes]):
+            folder = root / split / f"class{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                a = np.clip(rng.normal(color, noise, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(a).save(folder / f"{i:03d}.png")
+    return root

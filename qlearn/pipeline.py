@@ -81,8 +81,8 @@ from qlearn.data import DATASETS, ImageData, load_dataset
 from qlearn.models import MODELS, ConvBNReLU
 from qlearn.quantize import dequantize
 from qlearn.distributed import SINGLE, World
-from qlearn.train import (TrainConfig, evaluate, load_checkpoint, predict, save_checkpoint, seed_everything, train,
-                          train_stream)
+from qlearn.train import (TrainConfig, evaluate, file_sha256, load_checkpoint, predict, save_checkpoint,
+                          seed_everything, train, train_stream)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -292,14 +292,6 @@ def _write_then_rename(final: Path, write: Callable[[Path], T], *, tmp: Path | N
     return result
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _run_checkpoints(report: dict) -> list[str]:
     """The checkpoint files a run with this report wrote: float.pt and qat<bits>.pt."""
     return ["float.pt", *(f"qat{int(b)}.pt" for b in report.get("qat", {}))]
@@ -325,7 +317,7 @@ def verify_run(path: Path, report: dict) -> None:
         file = path / name
         if not file.is_file():
             raise FileNotFoundError(f"{file} is missing: the run in {path} is incomplete")
-        if recorded is not None and recorded.get(name) != _sha256(file):
+        if recorded is not None and recorded.get(name) != file_sha256(file):
             raise _mismatch(file, path / "report.json", "its sha256 differs from the one the report recorded")
 
 
@@ -889,7 +881,7 @@ def _run(cfg: PipelineConfig, out: Path, on_stage: Callable[[str], None], world:
     report["environment"] = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                              "threads": torch.get_num_threads()}
     # what load_run checks: these checkpoints, and no others, belong to this report
-    report["checkpoints"] = {name: _sha256(out / name) for name in _run_checkpoints(report)}
+    report["checkpoints"] = {name: file_sha256(out / name) for name in _run_checkpoints(report)}
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     (out / "report.md").write_text(_markdown(report))
     on_stage("done")

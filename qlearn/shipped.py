@@ -25,7 +25,6 @@ the cache folder (``qlearn.train.cache_dir``), never into the package.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -33,6 +32,8 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from qlearn.train import file_sha256
 
 __all__ = ["SHIPPED_DIR", "ShippedFileError", "shipped_dir", "shipped_file", "shipped_folder", "manifest", "build", "main"]
 
@@ -43,14 +44,6 @@ FORMAT = 1
 
 class ShippedFileError(ValueError):
     """A shipped file is missing or does not match the sha256 its manifest records."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _VERIFIED: dict[tuple[str, int, int], bool] = {}  # (path, size, mtime_ns) -> checked, per process
@@ -95,7 +88,7 @@ def shipped_file(name: str) -> Path | None:
         raise ShippedFileError(f"shipped file {path} is missing; reinstall qlearn") from e
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _VERIFIED:
-        if st.st_size != entry.get("bytes") or _sha256(path) != entry.get("sha256"):
+        if st.st_size != entry.get("bytes") or file_sha256(path) != entry.get("sha256"):
             raise ShippedFileError(
                 f"shipped file {path} does not match its sha256 in {MANIFEST}; reinstall qlearn "
                 "(or, in a checkout, `git checkout qlearn/shipped`)"
@@ -165,7 +158,7 @@ def build(out: str | Path | None = None, *, progress: bool = True) -> Path:
         import torch
 
         files = {
-            p.relative_to(stage).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+            p.relative_to(stage).as_posix(): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
             for p in sorted(stage.rglob("*")) if p.is_file()
         }
         (stage / MANIFEST).write_text(json.dumps({

@@ -14,6 +14,7 @@ into a different architecture is an error that says which tensors do not fit.
 from __future__ import annotations
 
 import math
+import hashlib
 import os
 import numbers
 import pickle
@@ -156,6 +157,16 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> torc
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
 
+def _step(loss: torch.Tensor, opt: torch.optim.Optimizer, sched: Any, epoch: int, step: int) -> None:
+    """One optimiser and schedule step on ``loss``; a non-finite loss stops training with a clear error."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training diverged at epoch {epoch}, step {step} (loss {loss.item()}); lower lr")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 def train(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -206,14 +217,7 @@ def train(
             xb, yb = x_train[idx], y_train[idx]  # (B, C, H, W) float32, (B,) int64
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training diverged at epoch {epoch}, step {step} (loss {loss.item()}); lower lr"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            _step(loss, opt, sched, epoch, step)
             step += 1
             if on_step is not None:
                 on_step(step)
@@ -349,12 +353,7 @@ def train_stream(
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
                 logits = net(xb)
                 loss = F.cross_entropy(logits.float(), yb)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training diverged at epoch {epoch}, step {step} (loss {loss.item()}); lower lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # DDP: gradients averaged over the processes here
-            opt.step()
-            sched.step()
+            _step(loss, opt, sched, epoch, step)  # DDP: gradients averaged over the processes in backward
             step += 1
             if on_step is not None:
                 on_step(step)
@@ -395,6 +394,15 @@ def _check_plain(value: Any, where: str) -> None:
         f"{where} is a {type(value).__name__}; a checkpoint holds only numbers, strings, None, lists, "
         "dicts and tensors (convert numpy values with float() / int() / .tolist())"
     )
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (checkpoints, shipped models), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def cache_dir() -> Path:

@@ -10,22 +10,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from qlearn.data import load_dataset
-from qlearn.folder_data import FolderData, FolderDataset, load_folder_data, random_resized_crop_box, scan_folder
+from qlearn.folder_data import (FolderData, FolderDataset, load_folder_data, make_color_folder, random_resized_crop_box,
+                                scan_folder)
 
-COLORS = [(220, 40, 40), (40, 200, 60), (50, 60, 230)]
-
-
-def make_folder(root: Path, n_train: int = 6, n_val: int = 3, size: tuple[int, int] = (20, 24), seed: int = 0) -> Path:
-    """root/{train,val}/class<k>/<i>.png: noisy images around one colour per class."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", n_train), ("val", n_val)):
-        for k, color in enumerate(COLORS):
-            d = root / split / f"class{k}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                a = np.clip(rng.normal(color, 30, (size[0], size[1], 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(a).save(d / f"{i:03d}.png")
-    return root
+def make_folder(root: Path, n_train: int = 6, n_val: int = 3) -> Path:
+    """root/{train,val}/class0..2/<iii>.png: noisy 20x24 images around one colour per class."""
+    return make_color_folder(root, n_train, n_val, classes=3, size=(20, 24))
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import nbformat
+from exercise_notebooks import base, cell_defining, insert_after, replace_body
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -724,72 +725,53 @@ def test_student_notebook_runs_in_a_jupyter_kernel():
 
 
 # ==================================================================================== the batch grader
-SOL_EX1 = SOLUTIONS / "ex1_quantize_dequantize.ipynb"
 
 
-def _base():
-    return nbformat.read(str(SOL_EX1), as_version=4)
-
-
-def _cell_defining(nb, name):
-    return next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and f"def {name}(" in c.source)
-
-
-def _replace_body(nb, name, body):
-    i = _cell_defining(nb, name)
-    src = nb.cells[i].source
-    nb.cells[i].source = src[: src.index("    ### BEGIN SOLUTION")] + "\n".join("    " + l for l in body.splitlines())
-    return nb
-
-
-def _insert_after(nb, name, code):
-    nb.cells.insert(_cell_defining(nb, name) + 1, nbformat.v4.new_code_cell(code))
-    return nb
 
 
 def _crafted() -> dict[str, tuple[object, tuple[int, int, int], list[str]]]:
     """name -> (notebook, expected points of tasks 1.1-1.3, words its feedback must contain)."""
     out = {}
-    out["loop_in_function"] = (_replace_body(_base(), "quantize_tensor", "while True:\n    pass"), (3, 0, 3), ["TIMED OUT"])
-    out["loop_top_level"] = (_insert_after(_base(), "scale_and_zero_point", "while True:\n    pass"), (3, 3, 3),
+    out["loop_in_function"] = (replace_body(base(), "quantize_tensor", "while True:\n    pass"), (3, 0, 3), ["TIMED OUT"])
+    out["loop_top_level"] = (insert_after(base(), "scale_and_zero_point", "while True:\n    pass"), (3, 3, 3),
                              ["(`while True:`) timed out"])
-    out["stubborn_loop"] = (_insert_after(_base(), "scale_and_zero_point",
+    out["stubborn_loop"] = (insert_after(base(), "scale_and_zero_point",
                                           "import time\nwhile True:\n    try:\n        time.sleep(0.05)\n"
                                           "    except BaseException:\n        pass"), (3, 3, 3),
                             ["kept running after its time limit", "skipped and the notebook run again"])
-    nb = _insert_after(_base(), "scale_and_zero_point", "import sys\nsys.exit(1)")
-    out["sys_exit"] = (_replace_body(nb, "dequantize_tensor", "import sys\nsys.exit(0)"), (3, 3, 0),
+    nb = insert_after(base(), "scale_and_zero_point", "import sys\nsys.exit(1)")
+    out["sys_exit"] = (replace_body(nb, "dequantize_tensor", "import sys\nsys.exit(0)"), (3, 3, 0),
                        ["called sys.exit(1); the rest of the notebook still ran", "called sys.exit() / exit()"])
-    out["kernel_crash"] = (_insert_after(_base(), "scale_and_zero_point", "import os\nos._exit(1)"), (3, 3, 3),
+    out["kernel_crash"] = (insert_after(base(), "scale_and_zero_point", "import os\nos._exit(1)"), (3, 3, 3),
                            ["exited with code 1"])
-    out["segfault_in_function"] = (_replace_body(_base(), "quantize_tensor", "import ctypes\nreturn ctypes.string_at(0)"),
+    out["segfault_in_function"] = (replace_body(base(), "quantize_tensor", "import ctypes\nreturn ctypes.string_at(0)"),
                                    (3, 0, 3), ["while quantize_tensor was being checked, the process crashed (SIGSEGV"])
-    nb = _base()
-    del nb.cells[_cell_defining(nb, "dequantize_tensor")]
+    nb = base()
+    del nb.cells[cell_defining(nb, "dequantize_tensor")]
     out["deleted_cell"] = (nb, (3, 3, 0), ["no function named dequantize_tensor"])
-    nb = _base()
+    nb = base()
     nb.cells = nb.cells[:2] + nb.cells[2:][::-1]
     out["reordered"] = (nb, (3, 3, 3), ["NameError"])
-    nb = _base()
-    i = _cell_defining(nb, "quantize_tensor")
+    nb = base()
+    i = cell_defining(nb, "quantize_tensor")
     nb.cells[i].source = nb.cells[i].source.replace("def quantize_tensor(", "def quantise_tensor(")
     out["renamed"] = (nb, (3, 0, 3), ["Did you rename it to quantise_tensor?"])
-    nb = _base()
-    i = _cell_defining(nb, "quantize_tensor")
+    nb = base()
+    i = cell_defining(nb, "quantize_tensor")
     nb.cells[i].source = nb.cells[i].source.replace("(x, scale, zero_point, qmin, qmax):", "(x, scale):")
     out["wrong_signature"] = (nb, (3, 0, 3), ["keep the parameters of the stub"])
-    out["partial"] = (_replace_body(_base(), "quantize_tensor",
+    out["partial"] = (replace_body(base(), "quantize_tensor",
                                     "q = np.floor(x / scale + 0.5) + zero_point\nreturn np.clip(q, qmin, qmax).astype(np.int64)"),
                       (3, 1, 3), ["round half to even", "FAILED at case 1 of 5: ties", "what a classic mistake gives (round half up"])
-    nb = _insert_after(_base(), "scale_and_zero_point", "1 / 0")
-    out["raises"] = (_replace_body(nb, "scale_and_zero_point", "raise ValueError('oops')"), (0, 3, 3),
+    nb = insert_after(base(), "scale_and_zero_point", "1 / 0")
+    out["raises"] = (replace_body(nb, "scale_and_zero_point", "raise ValueError('oops')"), (0, 3, 3),
                      ["ZeroDivisionError", "raised ValueError: oops"])
-    out["memory_hog"] = (_insert_after(_base(), "scale_and_zero_point", "big = np.ones(3 * 2**30 // 8)"), (3, 3, 3),
+    out["memory_hog"] = (insert_after(base(), "scale_and_zero_point", "big = np.ones(3 * 2**30 // 8)"), (3, 3, 3),
                          ["MemoryError"])
-    out["vandal"] = (_insert_after(_base(), "scale_and_zero_point",
+    out["vandal"] = (insert_after(base(), "scale_and_zero_point",
                                    "open('submission.ipynb', 'w').write('gone')\n"
                                    "import qlearn.grading.checks as c\nc.PROFILES['grade'] = 1"), (3, 3, 3), [])
-    nb = _base()
+    nb = base()
     del nb.metadata["qlearn"]
     out["no_metadata"] = (nb, (3, 3, 3), [])
     return out
@@ -888,7 +870,7 @@ def test_wrong_rounding_rules_lose_two_points_in_the_sandboxed_grader(tmp_path):
     subs.mkdir()
     for rule, body in WRONG_RDBPOT.items():
         nb = nbformat.read(str(SOLUTIONS / "ex7_fixed_point.ipynb"), as_version=4)
-        nbformat.write(_replace_body(nb, "rounding_divide_by_pot", body), str(subs / f"{rule}.ipynb"))
+        nbformat.write(replace_body(nb, "rounding_divide_by_pot", body), str(subs / f"{rule}.ipynb"))
     grader.grade_folder(subs, tmp_path / "grades.csv", limits=grader.Limits(time_limit=300, task_timeout=60),
                         jobs=2, progress=False, sandboxed=_sandboxed())
     rows = _csv(tmp_path / "grades.csv")

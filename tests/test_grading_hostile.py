@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 import nbformat
+from exercise_notebooks import SOL_EX1, base, cell_defining, insert_after, replace_body
 import numpy as np
 import pytest
 
@@ -32,7 +33,6 @@ from qlearn.grading import checks, grader, sandbox, wire
 from qlearn.grading.checks import Outcome, cases_for, grade_report, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
-SOL_EX1 = ROOT / "notebooks" / "exercises" / "solutions" / "ex1_quantize_dequantize.ipynb"
 STU_EX1 = ROOT / "notebooks" / "exercises" / "ex1_quantize_dequantize.ipynb"
 TOKEN = "qlearnhostile" + uuid.uuid4().hex[:12]  # marks every file and process an attack makes
 TASKS = ("task_1_1", "task_1_2", "task_1_3")
@@ -57,31 +57,13 @@ needs_bwrap = pytest.mark.usefixtures("needs_bwrap_fixture")
 
 
 # ==================================================================================== notebooks
-def _base():
-    return nbformat.read(str(SOL_EX1), as_version=4)
-
-
-def _cell_defining(nb, name):
-    return next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and f"def {name}(" in c.source)
-
-
-def _replace_body(nb, name, body):
-    i = _cell_defining(nb, name)
-    src = nb.cells[i].source
-    nb.cells[i].source = src[: src.index("    ### BEGIN SOLUTION")] + "\n".join("    " + l for l in body.splitlines())
-    return nb
-
-
-def _insert_after(nb, name, code):
-    nb.cells.insert(_cell_defining(nb, name) + 1, nbformat.v4.new_code_cell(code))
-    return nb
 
 
 def _guarded(nb, flag_code):
     """The solution whose quantize_tensor returns a wrong answer when ``ESCAPED`` is not empty; the
     cell ``flag_code`` (run first) appends to ESCAPED what it managed to do."""
     nb.cells.insert(1, nbformat.v4.new_code_cell("ESCAPED = []\n" + flag_code))
-    i = _cell_defining(nb, "quantize_tensor")
+    i = cell_defining(nb, "quantize_tensor")
     src = nb.cells[i].source
     head, body = src.split("    ### BEGIN SOLUTION", 1)
     nb.cells[i].source = head + "    if ESCAPED:\n        return np.zeros(np.shape(x), dtype=np.int64)\n    ### BEGIN SOLUTION" + body
@@ -127,8 +109,8 @@ def _forger():
         "        forge(); time.sleep(0.01)\n"
         "threading.Thread(target=keep, daemon=True).start()\n"
     )
-    nb = _insert_after(_base(), "dequantize_tensor", code)
-    return _replace_body(nb, "quantize_tensor", WRONG_QUANTIZE)
+    nb = insert_after(base(), "dequantize_tensor", code)
+    return replace_body(nb, "quantize_tensor", WRONG_QUANTIZE)
 
 
 def _patcher():
@@ -145,8 +127,8 @@ def _patcher():
         "    object.__setattr__(task, 'compare', lambda *a: None)\n"
         "    object.__setattr__(task, 'forbidden', ())\n"
     )
-    nb = _insert_after(_base(), "dequantize_tensor", code)
-    return _replace_body(nb, "quantize_tensor", WRONG_QUANTIZE)
+    nb = insert_after(base(), "dequantize_tensor", code)
+    return replace_body(nb, "quantize_tensor", WRONG_QUANTIZE)
 
 
 def _snoop(subs: Path):
@@ -180,7 +162,7 @@ def _snoop(subs: Path):
         "        except OSError:\n"
         "            pass\n"
     )
-    return _insert_after(_base(), "dequantize_tensor", code)
+    return insert_after(base(), "dequantize_tensor", code)
 
 
 def _killer():
@@ -193,7 +175,7 @@ def _killer():
         "        pass\n"
         "os.kill(-1, signal.SIGKILL)  # everything it may signal: nothing, in its own PID namespace\n"
     )
-    return _insert_after(_base(), "dequantize_tensor", code)
+    return insert_after(base(), "dequantize_tensor", code)
 
 
 def _limits(port: int):
@@ -246,7 +228,7 @@ def _limits(port: int):
         f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(120)', '{TOKEN}d'])\n"
         "    os._exit(0)\n"
     )
-    return _guarded(_base(), code)
+    return _guarded(base(), code)
 
 
 def _malformed(subs: Path) -> dict[str, str]:
@@ -268,13 +250,13 @@ def _malformed(subs: Path) -> dict[str, str]:
 
 
 def _exercise_list():
-    nb = _base()
+    nb = base()
     nb.metadata["qlearn"]["exercise"] = ["ex1", {"x": 1}]  # a list where the exercise name belongs
     return nb
 
 
 def _deep_expression():
-    return _insert_after(_base(), "dequantize_tensor", "y = " + "(" * 100_000 + "1" + ")" * 100_000 + "\n"
+    return insert_after(base(), "dequantize_tensor", "y = " + "(" * 100_000 + "1" + ")" * 100_000 + "\n"
                          "z = " + "-" * 300_000 + "1\n")
 
 
@@ -354,7 +336,7 @@ def hostile(tmp_path_factory):
     notebooks = {
         "a_forger": _forger(), "a_patcher": _patcher(), "a_snoop": _snoop(subs), "a_killer": _killer(),
         "a_limits": _limits(listener.port), "a_exercise_list": _exercise_list(), "a_deep_expression": _deep_expression(),
-        "=1+1": _base(), "alice": _base(), "zz_victim": _base(),
+        "=1+1": base(), "alice": base(), "zz_victim": base(),
     }
     for name, nb in notebooks.items():
         nbformat.write(nb, str(subs / f"{name}.ipynb"))
@@ -471,7 +453,7 @@ def test_ctrl_c_writes_the_grades_finished_so_far(tmp_path):
     (subs / "a_broken.ipynb").write_text('{"cells": 1}')
     code = (f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', "
             f"'{TOKEN}c'], start_new_session=True)\ntime.sleep(120)")
-    nbformat.write(_insert_after(_base(), "dequantize_tensor", code), str(subs / "b_sleeper.ipynb"))
+    nbformat.write(insert_after(base(), "dequantize_tensor", code), str(subs / "b_sleeper.ipynb"))
     out = tmp_path / "grades.csv"
     proc = subprocess.Popen([sys.executable, "-m", "qlearn", "grade", str(subs), "--out", str(out), "--jobs", "1",
                              "--quiet", "--cell-timeout", "100", "--time-limit", "200"],
@@ -518,7 +500,7 @@ def test_limits_refuse_nan_and_negative_values():
 
 
 def test_without_bubblewrap_the_grader_says_how_to_install_it(tmp_path, capsys, monkeypatch):
-    nbformat.write(_base(), str(tmp_path / "ok.ipynb"))
+    nbformat.write(base(), str(tmp_path / "ok.ipynb"))
     monkeypatch.setattr(sandbox, "bwrap", lambda: None)
     monkeypatch.setattr(sandbox, "_PROBED", {})
     out = tmp_path / "grades.csv"

@@ -563,6 +563,11 @@ def uses_reference(fn: Callable[..., Any], forbidden: Sequence[str], _depth: int
 
 
 # ------------------------------------------------------------------------------------ the check
+def _stub_message(task: Task) -> str:
+    return (f"{task.function} still raises NotImplementedError: replace the `raise NotImplementedError` "
+            "line of the stub with your code, run that cell, then this one.")
+
+
 def _signature_problem(task: Task, fn: Callable[..., Any]) -> str | None:
     try:
         sig = inspect.signature(fn)
@@ -654,10 +659,7 @@ def run_check(
     first = _first_call(task, fn, time_limit_s)
     if first == "stub":
         result.status = "not implemented"
-        result.message = (
-            f"{task.function} still raises NotImplementedError: replace the `raise NotImplementedError` "
-            "line of the stub with your code, run that cell, then this one."
-        )
+        result.message = _stub_message(task)
         return result
 
     plan = [
@@ -798,10 +800,7 @@ def grade_report(task: Task, report: Any, cases: dict[str, list[Case]], *, profi
     first = report.get("first")
     if first == "stub":
         result.status = "not implemented"
-        result.message = (
-            f"{task.function} still raises NotImplementedError: replace the `raise NotImplementedError` "
-            "line of the stub with your code, run that cell, then this one."
-        )
+        result.message = _stub_message(task)
         return result
     groups = report.get("groups")
     groups = groups if isinstance(groups, dict) else {}
