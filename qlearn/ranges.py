@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from qlearn._checks import as_float_array, check_axis, check_bits, check_bool, check_int
-from qlearn.qparams import integer_limits
+from qlearn.quantize import fake_quantize
+from qlearn.qparams import QParams, integer_limits, qparams_from_range
 
 #: ``mse_range`` evaluates 2 * grid candidate ranges, each a fake-quantization of the whole tensor;
 #: 1024 (16x the default) is already far finer than the error curve needs.
@@ -85,9 +86,6 @@ def mse_range(
     every channel at once; ``grid`` is an integer in [2, GRID_MAX = 1024]. Parameters are nudged exactly as ``qparams_from_range`` does, so the
     returned range gives the reported error when passed to it.
     """
-    from qlearn.quantize import fake_quantize  # local: quantize imports nothing from here
-    from qlearn.qparams import qparams_from_range
-
     bits = check_bits(bits)
     symmetric = check_bool(symmetric, "symmetric")
     grid = check_int(grid, "grid", minimum=2, maximum=GRID_MAX)
@@ -165,3 +163,87 @@ class EMARange:
 
     def __repr__(self) -> str:
         return f"EMARange(decay={self.decay}, lo={self.lo}, hi={self.hi}, count={self.count})"
+
+
+# ------------------------------------------------------------------ one vocabulary: name -> range
+#: The range rules by name. Lessons show them under these labels; PTQ and QAT name them by the short
+#: aliases. ``"percentile P"`` takes any P in [50, 100] (e.g. "percentile 99.9").
+RANGE_METHODS = ("min/max", "percentile 99.9", "percentile 99", "MSE-optimal", "EMA of batch min/max")
+_ALIASES = {"min/max": "minmax", "minmax": "minmax", "MSE-optimal": "mse", "mse": "mse",
+            "EMA of batch min/max": "ema", "ema": "ema"}
+
+
+def parse_range_method(method: Any) -> tuple[str, float | None]:
+    """("minmax" | "percentile" | "mse" | "ema", pct or None) for a range rule's name.
+
+    Accepts the labels of ``RANGE_METHODS`` ("min/max", "percentile 99.9", "MSE-optimal",
+    "EMA of batch min/max") and the short names "minmax", "mse", "ema", "percentile P".
+    """
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a range rule's name such as 'min/max', got {type(method).__name__}")
+    if method in _ALIASES:
+        return _ALIASES[method], None
+    parts = method.split()
+    if len(parts) == 2 and parts[0] == "percentile":
+        try:
+            pct = float(parts[1])
+        except ValueError:
+            pct = float("nan")
+        if 50.0 <= pct <= 100.0:
+            return "percentile", pct
+    raise ValueError(f"unknown range method {method!r}; choose one of {RANGE_METHODS} "
+                     "(or 'minmax', 'mse', 'ema', 'percentile P' with P in [50, 100])")
+
+
+def range_for(
+    x: Any, method: str, bits: int = 8, *, axis: int | None = None, symmetric: bool = False,
+    batches: int = 40, decay: float = 0.9, grid: int = 64,
+) -> tuple[Any, Any]:
+    """The range [lo, hi] that the rule ``method`` picks for ``x``: the one entry point name -> range.
+
+    min/max (Eq. 13); percentile P (the (100 - P)th and Pth percentiles); MSE-optimal (Eq. 15, for
+    ``bits`` and the symmetric signed narrow-range format when ``symmetric``, else uint8-style
+    asymmetric); EMA of batch min/max (Eq. 16): ``x`` is cut into ``batches`` consecutive batches
+    along axis 0 of its flattened values, as a stream of activations, averaged with ``decay``
+    (per tensor only). ``axis`` gives one range per channel, as in ``minmax_range``.
+    """
+    kind, pct = parse_range_method(method)
+    bits = check_bits(bits)
+    symmetric = check_bool(symmetric, "symmetric")
+    if kind == "minmax":
+        return minmax_range(x, axis)
+    if kind == "percentile":
+        return percentile_range(x, pct, axis)  # type: ignore[arg-type]
+    if kind == "mse":
+        fmt = dict(symmetric=True, signed=True, narrow_range=True) if symmetric else {}
+        return mse_range(x, bits, axis, grid=grid, **fmt)
+    if axis is not None:
+        raise ValueError("the EMA rule gives one range per tensor here: pass axis=None")
+    arr = as_float_array(x, "x").ravel()
+    batches = check_int(batches, "batches", minimum=1, maximum=max(1, arr.size))
+    ema = EMARange(decay=decay)
+    for batch in np.array_split(arr, int(batches)):
+        ema.update(batch)
+    return ema.range
+
+
+def weight_qparams(w: Any, bits: int = 8, *, per_channel: bool = True, method: str = "min/max",
+                   grid: int = 64) -> QParams:
+    """Symmetric narrow-range weight parameters from a range rule: the one weight-qparams function.
+
+    The rule (``range_for``) picks [lo, hi] over the whole tensor or over each output channel
+    (axis 0); then S = max(|lo|, |hi|) / (2^(b-1) - 1) and Z = 0, codes in [-(2^(b-1) - 1), 2^(b-1) - 1]
+    ([-127, 127] at 8 bits). Symmetric per-channel int8 weights with Z = 0 are Krishnamoorthi 2018 /
+    the TFLite int8 spec (docs/conventions.md); the paper itself keeps uint8 weights (Sec. 2.4) with
+    codes avoiding -128 (Sec. 3.1, App. B). An all-zero channel gets S = 1 (0 stays exact).
+    """
+    arr = as_float_array(w, "w")
+    bits = check_bits(bits)
+    per_channel = check_bool(per_channel, "per_channel")
+    if per_channel and arr.ndim < 2:
+        raise ValueError(f"per-channel weights need a (Cout, ...) array, got shape {arr.shape}")
+    if parse_range_method(method)[0] == "ema":
+        raise ValueError("weights are fixed: use 'min/max', 'percentile P' or 'MSE-optimal', not the EMA rule")
+    axis = 0 if per_channel else None
+    lo, hi = range_for(arr, method, bits, axis=axis, symmetric=True, grid=grid)
+    return qparams_from_range(lo, hi, bits, axis=axis, symmetric=True, signed=True, narrow_range=True)
