@@ -114,12 +114,12 @@ def run(*, quick: bool, seed: int = 0) -> dict:
     from qlearn.bn_fold import fuse_model
     from qlearn.convert import quantize_input
     from qlearn.data import load_digits_data
-    from qlearn.widgets.per_channel import _one_thread
+    from qlearn.threads import one_thread
     from qlearn.widgets.pipeline import pipeline_run
 
     s = QUICK if quick else FULL
     points = []
-    with _one_thread():
+    with one_thread():
         run_ = pipeline_run(progress=False)
         data = load_digits_data(run_.report["config"]["input_size"], seed=seed)
         x = data.x_test.contiguous()

@@ -98,7 +98,7 @@ def control_values(c: Any, k: int) -> list[Any]:
 
 
 def _lesson(work: Path, quick: bool) -> tuple[Any, float]:
-    from qlearn.widgets.per_channel import LessonConfig, lesson_model
+    from qlearn.lessons.lesson_model import LessonConfig, lesson_model
 
     config = LessonConfig(width=0.25, input_size=8, epochs=1) if quick else LessonConfig()
     t0 = time.perf_counter()

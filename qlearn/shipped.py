@@ -112,7 +112,8 @@ def shipped_folder(name: str) -> Path | None:
 def _lesson_results(directory: Path, progress: bool) -> list[Path]:
     """Train the lesson model into ``directory`` and fill its results the way notebooks 03-06 read them."""
     from qlearn.widgets.outliers import model_ranges_explorer
-    from qlearn.widgets.per_channel import layer_explorer, lesson_model
+    from qlearn.lessons.lesson_model import lesson_model
+    from qlearn.widgets.per_channel import layer_explorer
     from qlearn.widgets.qat import activation_ranges_during_training, ema_explorer, ptq_vs_qat, ptq_vs_qat_explorer
 
     lesson = lesson_model(directory=directory, progress=progress, retrain=True)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not manifest(), reason="qlearn/shipped is missin
 
 @pytest.fixture(scope="module")
 def lesson():
-    from qlearn.widgets.per_channel import lesson_model
+    from qlearn.lessons.lesson_model import lesson_model
 
     L = lesson_model(progress=False)
     assert L.shipped, "the lessons must read the shipped model by default"

@@ -4,12 +4,24 @@ In lesson order: basics (01, 02), per_channel (03), outliers (04), bn_fold (05),
 skip (07), integer_explorers (08), pipeline (09).
 """
 from qlearn.widgets.base import Explorer
-from qlearn.widgets.basics import clipping_explorer, error_vs_bits_explorer, quantize_explorer
+from qlearn.widgets.basics import (
+    clipping_explorer,
+    error_vs_bits_explorer,
+    quantize_explorer,
+)
 from qlearn.widgets.bn_fold import bn_fold_explorer, fold_order_explorer
-from qlearn.widgets.integer_explorers import conv_explorer, multiplier_explorer, rounding_explorer
+from qlearn.widgets.integer_explorers import (
+    conv_explorer,
+    multiplier_explorer,
+    rounding_explorer,
+)
 from qlearn.widgets.outliers import model_ranges_explorer, outlier_explorer
 from qlearn.widgets.per_channel import layer_explorer, seed_channels_explorer
-from qlearn.widgets.pipeline import integer_layer_explorer, pipeline_explorer, pipeline_runner
+from qlearn.widgets.pipeline import (
+    integer_layer_explorer,
+    pipeline_explorer,
+    pipeline_runner,
+)
 from qlearn.widgets.qat import ema_explorer, ptq_vs_qat_explorer, ste_explorer
 from qlearn.widgets.skip import concat_explorer, integer_add_explorer
 

@@ -34,16 +34,15 @@ from torch import nn
 
 from qlearn._checks import check_bits
 from qlearn.bn_fold import fold_bn, fuse_conv_bn
+from qlearn.lessons.lesson_model import LessonModel, lesson_model
 from qlearn.quantize import fake_quantize
+from qlearn.ranges import weight_qparams
+from qlearn.threads import one_thread
 from qlearn.widgets.base import Explorer, int_slider, slider
 from qlearn.widgets.per_channel import (
     CHANNEL_COLOR,
     TENSOR_COLOR,
-    LessonModel,
-    _one_thread,
     compare_schemes,
-    lesson_model,
-    weight_qparams,
     widest_spread_layer,
 )
 
@@ -239,7 +238,7 @@ def fold_vs_torch(layer: BNLayer, *, seed: int = 0) -> FoldCheck:
     if not isinstance(layer, BNLayer):
         raise TypeError(f"layer must be a BNLayer (from bn_layer), got {type(layer).__name__}")
     conv, bn = layer.modules()
-    with torch.no_grad(), _one_thread():
+    with torch.no_grad(), one_thread():
         ours = fuse_conv_bn(conv, bn)
         theirs = fuse_conv_bn_eval(copy.deepcopy(conv), copy.deepcopy(bn))
         gen = torch.Generator().manual_seed(int(seed))
@@ -416,7 +415,7 @@ def bn_correction(
 
     m_float, m_quant = make(False), make(True)
     used, corr, check, gap, dvar = [], [], [], [], []
-    with torch.no_grad(), _one_thread():
+    with torch.no_grad(), one_thread():
         inputs = _layer_inputs(lesson, name, x_all[:n_images])  # (N, Cin, H, W) float32
         for i in range(int(steps)):
             x = inputs[i * batch_size : (i + 1) * batch_size]

@@ -27,16 +27,14 @@ from tqdm.auto import tqdm
 
 from qlearn._checks import as_float_array, check_bits
 from qlearn.error import ErrorBreakdown, error_breakdown
+from qlearn.lessons.lesson_model import LessonModel, cached_results, lesson_model
 from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import fake_quantize
 from qlearn.ranges import EMARange, minmax_range, mse_range, percentile_range
+from qlearn.threads import one_thread
 from qlearn.widgets.base import Explorer, int_slider
 from qlearn.widgets.per_channel import (
     WEIGHT_METHODS,
-    LessonModel,
-    _one_thread,
-    cached_results,
-    lesson_model,
     quantized_weight_accuracy,
 )
 
@@ -283,7 +281,7 @@ def _calibration(lesson: LessonModel) -> dict[str, list[np.ndarray]]:
     handles = [m.register_forward_hook(hook(n)) for n, m in blocks.items()]
     x = lesson.data.x_train[:CALIB_IMAGES]
     try:
-        with torch.no_grad(), _one_thread():
+        with torch.no_grad(), one_thread():
             lesson.folded.eval()
             for i in range(0, x.shape[0], CALIB_BATCH):
                 lesson.folded(x[i : i + CALIB_BATCH])
@@ -357,7 +355,7 @@ def quantized_activation_accuracy(lesson: LessonModel, bits: int, method: str) -
 
         ranges = activation_ranges(lesson, method, bits)
         qps = {n: qparams_from_range(lo, hi, bits) for n, (lo, hi) in ranges.items()}
-        with _quantized_activations(lesson, qps), _one_thread():
+        with _quantized_activations(lesson, qps), one_thread():
             lesson.cache[key] = evaluate(lesson.folded, lesson.data.x_test, lesson.data.y_test)
     return lesson.cache[key]
 

@@ -34,11 +34,17 @@ import torch
 from matplotlib.figure import Figure
 
 from qlearn.error import sqnr_db
-from qlearn.pipeline import PipelineConfig, PipelineRun, cached_quick_run, folded_weight_ranges, load_run
+from qlearn.pipeline import (
+    PipelineConfig,
+    PipelineRun,
+    cached_quick_run,
+    folded_weight_ranges,
+    load_run,
+)
 from qlearn.quantize import dequantize
 from qlearn.shipped import shipped_dir, shipped_folder
+from qlearn.threads import one_thread
 from qlearn.widgets.base import Explorer, int_slider
-from qlearn.widgets.per_channel import _one_thread  # one torch thread: same last bits everywhere
 
 __all__ = [
     "pipeline_run",
@@ -159,7 +165,7 @@ def logit_comparison(run: PipelineRun, images: int = MAX_IMAGES) -> LogitCompari
     key = ("logits", images)
     if key not in run.cache:
         x = run.data.x_test[:images]  # (N, C, H, W) float32 in [0, 1]
-        with _one_thread():
+        with one_thread():
             f = predict(run.float_model, x).double().numpy()
             fq = predict(run.qat8, x).double().numpy()
             q = run.integer_model.run(quantize_input(run.qat8, x))  # (N, classes) uint8: integers only
@@ -319,7 +325,7 @@ def layer_agreement(run: PipelineRun, images: int = MAX_IMAGES) -> list[LayerAgr
         for layer in engine.layers
     ]
     try:
-        with _one_thread(), torch.no_grad():
+        with one_thread(), torch.no_grad():
             qat.eval()(x)
             int_outs = engine.layer_outputs(x_q)  # name -> uint8 codes, integer arithmetic only
     finally:

@@ -32,14 +32,10 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from qlearn._checks import as_float_array, check_bits
+from qlearn.lessons.lesson_model import LessonModel, cached_results, lesson_model
 from qlearn.qparams import QParams, qparams_from_range
+from qlearn.threads import one_thread
 from qlearn.widgets.base import Explorer, int_slider, slider
-from qlearn.widgets.per_channel import (
-    LessonModel,
-    _one_thread,
-    cached_results,
-    lesson_model,
-)
 
 __all__ = [
     "STECurve",
@@ -217,7 +213,7 @@ def activation_ranges_during_training(lesson: LessonModel, *, epochs: int = STRE
 
         cfg, data = lesson.config, lesson.data
         seen: dict[str, list[float]] = {f"{m} {k}": [] for m in SIGNALS.values() for k in ("min", "max")}
-        with _one_thread():
+        with one_thread():
             seed_everything(cfg.seed)
             model = MODELS[cfg.arch](data.num_classes, width=cfg.width, input_size=cfg.input_size,
                                      in_channels=data.in_channels)
@@ -471,7 +467,7 @@ def ptq_vs_qat(lesson: LessonModel, *, bits: tuple[int, ...] = QAT_BITS, recipe:
         schemes = (("per-tensor", False), ("per-channel", True))
         jobs = [(kind, b, label, pc) for kind in ("ptq", "finetuned", "qat") for label, pc in schemes for b in bits]
         qat_seconds = 0.0
-        with _one_thread():
+        with one_thread():
             seed_everything(recipe.seed)
             tuned = copy.deepcopy(lesson.model)
             train(tuned, data.x_train, data.y_train, tc, progress=False)
