@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from benchmarks import bench_integer
 from qlearn.bn_fold import fuse_model
-from benchmarks.common import interleaved_latency
 from qlearn.latency import to_torch_int8
+from qlearn.timing import interleaved
 
 
 def _batch(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -52,10 +52,11 @@ def bench_model(arts: dict, batches: tuple[int, ...], quick: bool) -> dict:
         fast = {name: (lambda fn=fn: fn(x)) for name, fn in contenders.items() if name != "qlearn integer"}
         reps = 3 if quick else (60 if n == 1 else 12)
         with torch.no_grad():
-            row = interleaved_latency(fast, repeats=reps, rounds=3, warmup=1)
+            row = {name: t.to_dict() for name, t in interleaved(fast, repeats=reps, rounds=3, warmup=1).items()}
             # the numpy engine is 10-100x slower: fewer calls, timed right after the others
-            row.update(interleaved_latency({"qlearn integer": lambda: integer_model(x.numpy())},
-                                           repeats=2 if quick else (20 if n == 1 else 3), rounds=1, warmup=1))
+            slow = interleaved({"qlearn integer": lambda: integer_model(x.numpy())},
+                               repeats=2 if quick else (20 if n == 1 else 3), rounds=1, warmup=1)
+            row.update({name: t.to_dict() for name, t in slow.items()})
         base = row["torch float"]["median_ms"]
         for name in contenders:
             row[name]["images_per_s"] = 1000.0 * n / row[name]["median_ms"]

@@ -33,14 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(arch: str = "mobilenet_v1", width: float = 0.5, size: int = 32, *, batches: tuple[int, ...] = (1, 256),
         repeats: tuple[int, int] = (60, 6), seed: int = 0) -> dict:
-    from benchmarks.common import interleaved_latency, machine
+    from benchmarks.common import machine
+    from qlearn.agreement import code_agreement
     from qlearn.bn_fold import fuse_model
     from qlearn.convert import convert, quantize_input
     from qlearn.data import load_digits_data
-    from qlearn.latency import Int16SaturationWarning, code_agreement, to_torch_int8
+    from qlearn.latency import Int16SaturationWarning, to_torch_int8
     from qlearn.models import MODELS
     from qlearn.ptq import post_training_quantize
     from qlearn.qat import QATConfig
+    from qlearn.timing import interleaved
     from qlearn.train import seed_everything
 
     data = load_digits_data(size, seed=seed)
@@ -66,7 +68,8 @@ def run(arch: str = "mobilenet_v1", width: float = 0.5, size: int = 32, *, batch
         with torch.no_grad():
             for fn in fns.values():  # first call with this shape (oneDNN keeps its first primitive)
                 fn()
-            lat = interleaved_latency(fns, repeats=repeats[0] if n == 1 else repeats[1], rounds=3, warmup=1)
+            times = interleaved(fns, repeats=repeats[0] if n == 1 else repeats[1], rounds=3, warmup=1)
+            lat = {name: t.to_dict() for name, t in times.items()}
         base = lat["float (fused)"]["median_ms"]
         for name, r in lat.items():
             row = {"batch": n, "path": name, **r, "speedup_vs_float": base / r["median_ms"]}

@@ -7,7 +7,7 @@ calibration crops) converted by ``qlearn.convert``, measured on one thread:
 
 * qlearn's numpy integer engine: images per second at batch 1 (written to be read, not to be fast);
 * the same integers on PyTorch's int8 kernels (``qlearn.latency.to_torch_int8``, engine "auto") against
-  the BN-fused float model, batch 1, median of interleaved rounds (``benchmarks.common.interleaved_latency``).
+  the BN-fused float model, batch 1, median of interleaved rounds (``qlearn.timing.interleaved``).
 
 ``to_torch_int8`` deploys the five TF-"SAME" stride-2 layers as a quantized ``F.pad`` (which fills with the
 zero point, Eq. 38) in front of an unpadded int8 conv, so the deployed codes can be compared with qlearn's
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -30,44 +29,46 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*, crops: int = 4, repeats: int = 20, engine_images: int = 2) -> dict:
-    from threadpoolctl import threadpool_limits
-
-    from benchmarks.common import interleaved_latency, machine
+    from benchmarks.common import machine
+    from qlearn.agreement import code_agreement
     from qlearn.convert import convert, quantize_input
     from qlearn.efficientnet import efficientnet_lite0, fuse_efficientnet, preprocess
     from qlearn.equalization import folded_form, zero_dead_channels
     from qlearn.imagenet_ptq import ptq_variant
-    from qlearn.latency import code_agreement, to_torch_int8
+    from qlearn.latency import to_torch_int8
     from qlearn.photos import sample_crops
+    from qlearn.threads import one_thread
+    from qlearn.timing import Stopwatch, interleaved
 
-    torch.set_num_threads(1)
-    model = efficientnet_lite0()
-    folded = folded_form(model)
-    zero_dead_channels(folded)
-    x = preprocess(sample_crops(crops, 224, seed=0)[0])
-    calib = preprocess(sample_crops(4, 224, seed=1)[0])
-    q = ptq_variant(folded, calib, 8, True, "minmax")
-    imodel = convert(q)
-    x_q = quantize_input(q, x)
-    with threadpool_limits(1):
-        t0 = time.perf_counter()
-        ours = np.concatenate([imodel.run(x_q[i : i + 1]) for i in range(engine_images)])
-        engine_s = (time.perf_counter() - t0) / engine_images
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-        deployed = to_torch_int8(imodel, "auto")  # "same" padding: a zero-point pad first
-        theirs = deployed.run_codes(x_q[:engine_images])
-        fused = fuse_efficientnet(model).eval()
-        x1 = x[:1].contiguous()
-        with torch.no_grad():
-            lat = interleaved_latency({"float": lambda: fused(x1), "int8": lambda: deployed(x1)}, repeats=repeats)
-    return dict(
-        machine=machine(), crops=crops, engine_images=engine_images,
-        engine_images_per_s=1.0 / engine_s, engine_s_per_image=engine_s,
-        deployed_engine=deployed.engine, deployed_reason=deployed.engine_reason,
-        deployed_vs_qlearn=code_agreement(ours, theirs).to_dict(),
-        latency=lat, int8_speedup=lat["float"]["median_ms"] / lat["int8"]["median_ms"],
-    )
+    with one_thread():  # torch and BLAS: the engine, the int8 and the float model on one core each
+        model = efficientnet_lite0()
+        folded = folded_form(model)
+        zero_dead_channels(folded)
+        x = preprocess(sample_crops(crops, 224, seed=0)[0])
+        calib = preprocess(sample_crops(4, 224, seed=1)[0])
+        q = ptq_variant(folded, calib, 8, True, "minmax")
+        imodel = convert(q)
+        x_q = quantize_input(q, x)
+        clock = Stopwatch()
+        with clock.stage("engine"):
+            ours = np.concatenate([imodel.run(x_q[i : i + 1]) for i in range(engine_images)])
+        engine_s = clock.seconds["engine"] / engine_images
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            deployed = to_torch_int8(imodel, "auto")  # "same" padding: a zero-point pad first
+            theirs = deployed.run_codes(x_q[:engine_images])
+            fused = fuse_efficientnet(model).eval()
+            x1 = x[:1].contiguous()
+            with torch.no_grad():
+                times = interleaved({"float": lambda: fused(x1), "int8": lambda: deployed(x1)}, repeats=repeats)
+        lat = {name: t.to_dict() for name, t in times.items()}
+        return dict(
+            machine=machine(), crops=crops, engine_images=engine_images,
+            engine_images_per_s=1.0 / engine_s, engine_s_per_image=engine_s,
+            deployed_engine=deployed.engine, deployed_reason=deployed.engine_reason,
+            deployed_vs_qlearn=code_agreement(ours, theirs).to_dict(),
+            latency=lat, int8_speedup=lat["float"]["median_ms"] / lat["int8"]["median_ms"],
+        )
 
 
 def markdown(res: dict) -> str:

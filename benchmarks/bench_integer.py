@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 # Pin BLAS threads before numpy is imported (they cannot be changed afterwards).
@@ -44,13 +43,9 @@ import warnings  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qlearn.integer import (  # noqa: E402
-    activation_range,
-    conv2d,
-    conv2d_accumulator,
-    quantize_bias,
-    requant_multiplier,
-)
+from qlearn.integer import conv2d, conv2d_accumulator  # noqa: E402
+from qlearn.layer_integers import activation_range, quantize_bias, requant_multiplier  # noqa: E402
+from qlearn.timing import measure  # noqa: E402
 
 # (name, N, Cin, Cout, H, k, stride, groups) — MobileNet v1/v2 layers at CIFAR-like resolutions.
 SHAPES = [
@@ -61,16 +56,6 @@ SHAPES = [
     ("depthwise 3x3 s2 128 @16", 8, 128, 128, 16, 3, 2, 128),
     ("pointwise 1x1 256->256 @8", 8, 256, 256, 8, 1, 1, 1),
 ]
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, packing caches)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * float(np.median(times))
 
 
 def bench_shape(name, n, cin, cout, h, k, stride, groups, repeats, rng):
@@ -125,10 +110,9 @@ def bench_shape(name, n, cin, cout, h, k, stride, groups, repeats, rng):
         qx7 = torch._make_per_tensor_quantized_tensor(torch.from_numpy(x7), s1, zx)
     want7 = torch.ops.quantized.conv2d_relu(qx7, packed, s3, zo).int_repr().numpy()
     diff7 = np.abs(got7.astype(np.int64) - want7.astype(np.int64))
-    t_ours = median_ms(ours, repeats)
-    t_acc = median_ms(ours_acc, repeats)
-    t_float = median_ms(torch_float, repeats)
-    t_int8 = median_ms(torch_int8, repeats)
+    # one warm-up call each (allocations, packing caches), then the median of ``repeats`` timed calls
+    t_ours, t_acc, t_float, t_int8 = (measure(fn, repeats=repeats, warmup=1).median_ms
+                                      for fn in (ours, ours_acc, torch_float, torch_int8))
     macs = n * cout * got.shape[2] * got.shape[3] * (cin // groups) * k * k
     return {
         "name": name,

@@ -30,10 +30,11 @@ from tqdm.auto import tqdm
 from qlearn.bn_fold import fuse_model
 from qlearn.convert import convert, quantize_input
 from qlearn.data import load_digits_data
-from benchmarks.common import interleaved_latency
-from qlearn.latency import code_agreement, to_torch_int8
+from qlearn.agreement import code_agreement
+from qlearn.latency import to_torch_int8
 from qlearn.models import MODELS
 from qlearn.qat import QATConfig, prepare_qat
+from qlearn.timing import interleaved
 from qlearn.train import TrainConfig, evaluate, seed_everything, train
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def one_point(arch: str, width: float, size: int, s: dict, seed: int) -> dict:
         if ort is not None:
             x1_q = x_q[:1]
             fns["onnx"] = lambda: ort.run_codes(x1_q)
-        lat = interleaved_latency(fns, repeats=s["repeats"], rounds=5, warmup=3)
+        lat = {name: t.to_dict() for name, t in interleaved(fns, repeats=s["repeats"], rounds=5, warmup=3).items()}
     f_ms, q_ms = lat["float"]["median_ms"], lat["int8"]["median_ms"]
     onnx = {}
     if ort is not None:

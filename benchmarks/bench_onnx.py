@@ -13,7 +13,7 @@ identical on every machine) is converted by ``qlearn.convert.convert``, then
 
 Accuracy and agreement with qlearn's integer engine (``code_agreement`` on the same uint8 codes)
 come from the whole digits test split. Latency is the median of interleaved rounds at batch 1 and
-batch 256 (``benchmarks.common.interleaved_latency``); each int8 model is built fresh for its
+batch 256 (``qlearn.timing.interleaved``); each int8 model is built fresh for its
 batch size and first called with it (PyTorch's oneDNN keeps the kernel of its first call's shape).
 The full run adds untrained, calibrated MobileNet v1 models of larger widths and inputs, for timing
 only (their accuracy means nothing and is not recorded).
@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import interleaved_latency
+from qlearn.agreement import code_agreement
+from qlearn.timing import interleaved
 
 QUICK = {"batches": (1, 256), "repeats": 10, "extra": ()}
 FULL = {"batches": (1, 256), "repeats": 60, "extra": (("mobilenet_v1", 1.0, 32), ("mobilenet_v2", 1.0, 32))}
@@ -51,13 +52,13 @@ def _timings(integer_model: Any, float_model: Any, x: torch.Tensor, x_q: np.ndar
                "onnxruntime_int8_fixedpoint": lambda: onnx_fx.run_codes(xqb),
                "torch_int8": lambda: torch_rt(xb),
                "torch_float": lambda: float_model(xb)}
-        lat = interleaved_latency(fns, repeats=max(3, repeats if batch == 1 else repeats // 5), rounds=5, warmup=2)
-    return {"engine_torch": torch_rt.engine, **lat}
+        lat = interleaved(fns, repeats=max(3, repeats if batch == 1 else repeats // 5), rounds=5, warmup=2)
+    return {"engine_torch": torch_rt.engine, **{name: t.to_dict() for name, t in lat.items()}}
 
 
 def _point(name: str, integer_model: Any, float_model: Any, x: torch.Tensor, x_q: np.ndarray, s: dict,
            labels: np.ndarray | None) -> dict:
-    from qlearn.latency import code_agreement, to_torch_int8
+    from qlearn.latency import to_torch_int8
     from qlearn.onnx_export import to_onnx_runtime
 
     ours = integer_model.run(x_q)
@@ -115,7 +116,7 @@ def run(*, quick: bool, seed: int = 0) -> dict:
     from qlearn.convert import quantize_input
     from qlearn.data import load_digits_data
     from qlearn.threads import one_thread
-    from qlearn.widgets.pipeline import pipeline_run
+    from qlearn.lessons.mobilenet_pipeline import pipeline_run
 
     s = QUICK if quick else FULL
     points = []

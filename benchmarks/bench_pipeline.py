@@ -31,6 +31,7 @@ from qlearn.convert import convert, quantize_input
 from qlearn.data import load_dataset
 from qlearn.pipeline import PRESETS, PipelineConfig, run_pipeline
 from qlearn.qat import QATConfig, prepare_qat
+from qlearn.timing import Stopwatch
 from qlearn.train import TrainConfig, evaluate, load_checkpoint, train
 
 MODELS = ("mobilenet_v1", "mobilenet_v2")
@@ -41,17 +42,6 @@ def settings(quick: bool) -> PipelineConfig:
     if quick:
         return replace(PRESETS["quick"], float_epochs=2, n_train=320, n_test=200, ptq_bits=(8, 4), progress=False)
     return replace(PRESETS["full"], progress=False)
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def time(self, name: str, fn, *args: Any, **kw: Any) -> Any:  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        out = fn(*args, **kw)
-        self.seconds[name] = round(time.perf_counter() - t0, 3)
-        return out
 
 
 def _integer_accuracy(integer_model: Any, qat_model: Any, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
@@ -68,7 +58,7 @@ def compare_flows(cfg: PipelineConfig, report: dict, run_dir: Path) -> tuple[dic
     tc = TrainConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr, schedule="cosine",
                      weight_decay=0.0, seed=cfg.seed + 8)
 
-    ours = _Clock()
+    ours = Stopwatch()
     float_model, _ = load_checkpoint(run_dir / "float.pt")
     float_model.eval()
     qcfg = QATConfig(weight_bits=8, per_channel=True, ema_decay=cfg.qat_ema_decay,
@@ -80,7 +70,7 @@ def compare_flows(cfg: PipelineConfig, report: dict, run_dir: Path) -> tuple[dic
     int_acc = ours.time("evaluate", _integer_accuracy, integer_model, q8, data.x_test, data.y_test)
     ours.seconds["total"] = round(sum(ours.seconds.values()), 3)
 
-    theirs = _Clock()
+    theirs = Stopwatch()
 
     def torch_prepare() -> torch.nn.Module:
         return torch_flow.prepare(torch_flow.fuse_conv_bn(torch_flow.eager_copy(float_model)), "x86")

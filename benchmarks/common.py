@@ -1,40 +1,13 @@
-"""Shared helpers: interleaved timing (fair on a busy machine) and the machine description."""
+"""The machine description every benchmark records (timing itself is ``qlearn.timing``)."""
 from __future__ import annotations
 
 import os
 import platform
-import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-
-
-def interleaved_latency(fns: dict[str, Callable[[], Any]], *, repeats: int, rounds: int = 5,
-                        warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Time each of ``fns`` ``repeats`` times, in ``rounds`` alternating rounds, after ``warmup`` calls each.
-
-    Interleaving spreads a busy neighbour's load over every contender alike. Returns, per name,
-    median_ms, p95_ms, min_ms and repeats.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    per_round = max(1, -(-repeats // rounds))
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-    out = {}
-    for name, ts in times.items():
-        ms = 1000.0 * np.asarray(ts)
-        out[name] = {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)),
-                     "min_ms": float(ms.min()), "repeats": len(ts)}
-    return out
 
 
 def _read(path: str) -> str:
@@ -45,11 +18,11 @@ def _read(path: str) -> str:
 
 
 def machine() -> dict[str, Any]:
-    from qlearn.latency import cpu_int8_features
-
     """CPU model, cores, RAM (from /proc), load, OS, and the versions that matter."""
     import matplotlib
     import torch
+
+    from qlearn.latency import cpu_int8_features
 
     cpuinfo = _read("/proc/cpuinfo")
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),

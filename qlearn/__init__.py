@@ -8,12 +8,16 @@ in docs/equations.md.
     ranges       min/max, percentile, MSE-optimal and EMA range setting              (Eqs. 13-16)
     error        MSE, SQNR, S^2/12, rounding vs clipping                             (Eqs. 14, 17-19)
     fixedpoint   gemmlowp/TFLite fixed point: SRDHM, RDBPOT, M = M0 * 2^shift        (Eqs. 22-31)
-    integer      integer-only kernels (conv, linear, add, pool) and IntegerModel     (Eqs. 20-39)
+    integer      integer-only kernels (conv, linear, add, pool)                      (Eqs. 20-39)
+    layer_integers  a layer's integers from scales: M0/shift, int32 bias, clamp      (Eqs. 22-24, 37)
+    integer_layers  frozen integer layers; integer_model: IntegerModel               (Eqs. 20-39)
     bn_fold      batch-norm folding: fold_bn, fuse_conv_bn                          (Eqs. 40-43)
     models       MobileNet v1 (depthwise separable) and v2 (inverted residuals)
     data         scikit-learn's bundled digits; MNIST / CIFAR-10 / image folders from a local folder
     train        a small deterministic trainer and safe checkpoints
-    qat          fake-quant with the straight-through estimator, EMA ranges, QAT model (Eqs. 50-69)
+    fake_quant   fake quant with the straight-through estimator, weight scales, EMA ranges (Eqs. 50-57)
+    qat_layers   the fake-quant layers: conv + BN folded in training, linear, add, pool (Eqs. 58-68)
+    qat          prepare_qat: a MobileNet rewritten as a fake-quant model, for QAT and PTQ
     ptq          post-training quantization: calibrate, quantize, sweep bit widths
     convert      QAT model -> IntegerModel (int8 weights, int32 bias, M0/shift), agreement
     pipeline     float -> PTQ -> QAT -> integer engine, one command (python -m qlearn pipeline)
@@ -58,14 +62,10 @@ from qlearn.fixedpoint import (
     rounding_shift_right_half_up,
     saturating_rounding_doubling_high_mul,
 )
-from qlearn.integer import (
+from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear, QRequantize
+from qlearn.integer_model import IntegerModel
+from qlearn.layer_integers import (
     AddMultipliers,
-    IntegerModel,
-    QAdd,
-    QConv2d,
-    QGlobalAvgPool,
-    QLinear,
-    QRequantize,
     activation_range,
     add_multipliers,
     quantize_bias,
@@ -95,11 +95,12 @@ _LAZY = {
     "load_dataset": "data", "load_digits_data": "data", "ImageData": "data",
     "TrainConfig": "train", "evaluate": "train",
     "save_checkpoint": "train", "load_checkpoint": "train",
-    "QATConfig": "qat", "fake_quant_ste": "qat", "prepare_qat": "qat", "set_quantization": "qat",
-    "load_qat_state": "qat", "ActFakeQuant": "qat", "QATMobileNet": "qat",
+    "fake_quant_ste": "fake_quant", "ActFakeQuant": "fake_quant",
+    "QATConfig": "qat_layers", "set_quantization": "qat_layers",
+    "prepare_qat": "qat", "load_qat_state": "qat", "FakeQuantMobileNet": "qat", "QATMobileNet": "qat",
     "calibrate": "ptq", "post_training_quantize": "ptq", "ptq_sweep": "ptq", "PTQ_METHODS": "ptq",
-    "compare": "convert", "quantize_input": "convert", "Agreement": "convert",
-    "PipelineConfig": "pipeline", "run_pipeline": "pipeline",
+    "compare": "convert", "quantize_input": "convert", "Agreement": "agreement",
+    "PipelineConfig": "pipeline.config", "run_pipeline": "pipeline.run",
     "check": "grading", "run_check": "grading", "CheckResult": "grading",
 }
 __all__ += list(_LAZY)

@@ -1,7 +1,7 @@
 """``python -m qlearn COMMAND``: the suite's command line.
 
 Each command lives in the module that owns the idea and exposes ``main(argv) -> int``:
-``pipeline`` (qlearn.pipeline), ``figures`` (qlearn.figures), ``grade`` (qlearn.grading),
+``pipeline`` (qlearn.pipeline.cli), ``figures`` (qlearn.figures), ``grade`` (qlearn.grading),
 ``lecture`` (qlearn.lecture), ``ship-models`` (qlearn.shipped), ``imagenet-ptq`` (qlearn.imagenet_ptq).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "pipeline": ("qlearn.pipeline", "float -> PTQ -> QAT -> integer MobileNet pipeline"),
+    "pipeline": ("qlearn.pipeline.cli", "float -> PTQ -> QAT -> integer MobileNet pipeline"),
     "figures": ("qlearn.figures", "regenerate every figure in figures/"),
     "grade": ("qlearn.grading", "grade a folder of exercise submissions"),
     "lecture": ("qlearn.lecture", "serve a lesson notebook as a code-free page"),

@@ -153,3 +153,48 @@ def check_broadcast(**arrays: Any) -> tuple[int, ...]:
             f"{joined} have shapes that do not broadcast together: {listed} "
             "(per-channel values need one entry per channel along the last axes)"
         ) from None
+
+
+def check_channel(channel: Any, channels: int, name: str = "channel") -> int:
+    """An output-channel index: an integer in [0, channels - 1]."""
+    if isinstance(channel, (bool, np.bool_)) or not isinstance(channel, numbers.Integral):
+        raise TypeError(f"{name} must be an integer output-channel index, got {channel!r}")
+    if not 0 <= int(channel) < channels:
+        raise ValueError(f"{name} must be in 0..{channels - 1} (this layer has {channels} output channels), "
+                         f"got {channel}")
+    return int(channel)
+
+
+def check_number(value: Any, name: str, low: float, high: float, integer: bool = False) -> Any:
+    """``value`` if it is a finite number in [low, high] (an int where ``integer``), else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if isinstance(value, float) and not np.isfinite(value):  # NaN compares False with every bound
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
+def check_open_interval(value: Any, name: str, low: float = 0.0, high: float = float("inf")) -> float:
+    """One finite real number strictly inside (low, high) (a scale, a multiplier): returned as a float.
+
+    Numpy scalars and 0-d arrays count; a bool or a string is a ``TypeError``, a list a ``ValueError``.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got a bool")
+    arr = as_float_array(value, name)
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be a single number, got shape {arr.shape}")
+    v = float(arr)
+    if not low < v < high:
+        raise ValueError(f"{name} must lie in ({low:g}, {high:g}), got {v!r}")
+    return v
+
+
+def check_bits8(bits: Any, name: str = "bits") -> int:
+    """Bits of codes stored in 8-bit integers (int8 weights, uint8 activations): an integer in [2, 8]."""
+    bits = check_bits(bits, name)
+    if bits > 8:
+        raise ValueError(f"{name} must be between 2 and 8 (stored in 8-bit integers), got {bits}")
+    return bits

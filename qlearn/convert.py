@@ -21,15 +21,16 @@ QAT model's module names ("features.3.layers.1", "features.3.add", "pool", "clas
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from qlearn.fixedpoint import INT32_MAX, INT32_MIN, Int32OverflowError, quantize_multiplier
-from qlearn.integer import IntegerModel, QAdd, QConv2d, QGlobalAvgPool, QLinear, activation_range
+from qlearn.agreement import Agreement, code_agreement
+from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear, conv_layer, linear_layer
+from qlearn.integer_model import IntegerModel
+from qlearn.layer_integers import int32_bias
 from qlearn.qat import (
     QATConvBN,
     QATDepthwiseSeparable,
@@ -38,9 +39,8 @@ from qlearn.qat import (
     QATMobileNet,
     _quantize_int,
 )
-from qlearn.qparams import QParams
 
-__all__ = ["convert", "quantize_input", "Agreement", "compare"]
+__all__ = ["convert", "quantize_input", "compare"]
 
 
 def _check_ready(model: Any) -> QATMobileNet:
@@ -62,67 +62,36 @@ def _check_ready(model: Any) -> QATMobileNet:
     return model
 
 
-def _multipliers(p: dict, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """From a layer's ``int_params()``: (S_w (C,) float64, M0 int32 (C,), shift int32 (C,)) with
-    M = S_in S_w / S_out per output channel (Eqs. 22-23); a per-tensor S_w is repeated C times."""
-    in_scale, out_scale = p["in_qp"].scale, p["out_qp"].scale
+def _w_scale(p: dict, channels: int, per_channel: bool) -> Any:
+    """S_w from a layer's ``int_params()``: a (C,) float64 array per channel, else one float."""
     w_scale = np.atleast_1d(p["w_scale"].cpu().numpy().astype(np.float64))
     w_scale = np.broadcast_to(w_scale, (channels,)).copy()  # (C,) float64
-    m = np.float64(in_scale) * w_scale / np.float64(out_scale)  # (C,) float64
-    m0, shift = quantize_multiplier(m)
-    if np.max(shift) > 30:
-        raise ValueError(f"the multiplier S_in S_w / S_out = {np.max(m):.3g} is too large for int32 arithmetic")
-    return w_scale, np.asarray(m0, dtype=np.int32), np.asarray(shift, dtype=np.int32)
-
-
-def _int32_bias(bias_q: torch.Tensor, name: str) -> np.ndarray:
-    b = bias_q.cpu().numpy()  # float64 holding integers
-    if b.min() < INT32_MIN or b.max() > INT32_MAX:
-        raise Int32OverflowError(
-            f"the bias of {name!r} does not fit int32 at scale S_in S_w (|b / (S_in S_w)| up to {np.abs(b).max():.3g}); "
-            "the weight or input scale is far too small for this bias"
-        )
-    return b.astype(np.int32)
-
-
-def _clamp(out_qp: QParams, relu6: bool) -> tuple[int, int]:
-    """[act_min, act_max] on the output grid: ReLU6 as the clamp, else the whole [qmin, qmax] (Eq. 67)."""
-    if relu6:
-        lo, hi = activation_range("relu6", out_qp.scale, out_qp.zero_point)
-        return max(lo, out_qp.qmin), min(hi, out_qp.qmax)
-    return out_qp.qmin, out_qp.qmax
+    return w_scale if per_channel else float(w_scale[0])
 
 
 def _conv_layer(name: str, src: str, m: QATConvBN) -> QConv2d:
+    """One QATConvBN as a QConv2d: its integers (``int_params``), M = S_in S_w / S_out per output
+    channel (Eqs. 22-23), ReLU6 as the clamp (Eq. 67), via ``qlearn.integer_layers.conv_layer``."""
     p = m.int_params()
-    in_qp, out_qp = p["in_qp"], p["out_qp"]
-    w_scale, m0, shift = _multipliers(p, m.conv.out_channels)
-    act_min, act_max = _clamp(out_qp, p["relu6"])
     c = m.conv
-    return QConv2d(
-        name=name, inputs=(src,),
-        w_q=p["w_q"].cpu().numpy().astype(np.int8),  # (Cout, Cin/groups, kh, kw)
-        bias_q=_int32_bias(p["bias_q"], name),  # (Cout,) int32
-        in_zp=in_qp.zero_point, out_zp=out_qp.zero_point, m0=m0, shift=shift,
+    return conv_layer(
+        name, src, p["w_q"].cpu().numpy().astype(np.int8),  # (Cout, Cin/groups, kh, kw)
+        p["in_qp"], _w_scale(p, c.out_channels, m.per_channel), p["out_qp"],
+        bias_q=int32_bias(p["bias_q"].cpu().numpy(), f"the bias of {name!r}"),  # (Cout,) int32
+        activation="relu6" if p["relu6"] else None, per_channel_multipliers=True,
         stride=tuple(c.stride), groups=c.groups,
         # TensorFlow SAME padding (qlearn.efficientnet.Conv2dSame): asymmetric, pads with in_zp (Eq. 38)
         padding="same" if getattr(c, "same_padding", False) else tuple(c.padding),
-        act_min=act_min, act_max=act_max,
-        in_scale=in_qp.scale, w_scale=w_scale if m.per_channel else float(w_scale[0]), out_scale=out_qp.scale,
     )
 
 
 def _linear_layer(name: str, src: str, m: QATLinear) -> QLinear:
+    """The classifier as a QLinear: w_q (Out, In) int8, no activation (the whole output range)."""
     p = m.int_params()
-    in_qp, out_qp = p["in_qp"], p["out_qp"]
-    w_scale, m0, shift = _multipliers(p, m.linear.out_features)
-    return QLinear(
-        name=name, inputs=(src,),
-        w_q=p["w_q"].cpu().numpy().astype(np.int8),  # (Out, In)
-        bias_q=_int32_bias(p["bias_q"], name),
-        in_zp=in_qp.zero_point, out_zp=out_qp.zero_point, m0=m0, shift=shift,
-        act_min=out_qp.qmin, act_max=out_qp.qmax,
-        in_scale=in_qp.scale, w_scale=w_scale if m.per_channel else float(w_scale[0]), out_scale=out_qp.scale,
+    return linear_layer(
+        name, src, p["w_q"].cpu().numpy().astype(np.int8),  # (Out, In)
+        p["in_qp"], _w_scale(p, m.linear.out_features, m.per_channel), p["out_qp"],
+        bias_q=int32_bias(p["bias_q"].cpu().numpy(), f"the bias of {name!r}"), per_channel_multipliers=True,
     )
 
 
@@ -192,29 +161,6 @@ def quantize_input(qat_model: QATMobileNet, images: torch.Tensor) -> np.ndarray:
     return q.numpy().astype(qp.dtype)
 
 
-@dataclass(frozen=True)
-class Agreement:
-    """How closely the integer engine follows the fake-quant model on a set of images (Eq. 69).
-
-    top1_agreement        : fraction of images whose predicted class is the same in both models
-    exact_output_fraction : fraction of logits whose uint8 codes are identical
-    max_lsb_diff          : max |q_int - q_fake| over all logits (output LSBs = output scale steps)
-    mean_abs_lsb_diff     : the mean of |q_int - q_fake|
-    integer_acc / fake_quant_acc : top-1 accuracies, when labels were given
-    """
-
-    n: int
-    top1_agreement: float
-    exact_output_fraction: float
-    max_lsb_diff: int
-    mean_abs_lsb_diff: float
-    integer_acc: float | None = None
-    fake_quant_acc: float | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 @torch.no_grad()
 def compare(
     qat_model: QATMobileNet, integer_model: IntegerModel, images: torch.Tensor,
@@ -225,6 +171,7 @@ def compare(
     The fake-quant logits (eval mode) are on the output grid, so q_fake = round(y / S_out) + Z_out
     recovers their codes exactly; the integer engine runs on ``quantize_input`` codes and its uint8
     output is compared code by code. Accuracy of the integer model is computed from its own output.
+    Returns ``qlearn.agreement.Agreement`` (``code_agreement(q_int, q_fake, labels)``).
     """
     from qlearn.train import predict
 
@@ -244,19 +191,4 @@ def compare(
     for i in tqdm(range(0, x_q.shape[0], batch_size), desc="integer engine", disable=not progress, leave=False):
         chunks.append(integer_model.run(x_q[i : i + batch_size]).astype(np.int64))
     q_int = np.concatenate(chunks)
-    diff = np.abs(q_int - q_fake)
-    top_int, top_fake = q_int.argmax(1), q_fake.argmax(1)
-    int_acc = fq_acc = None
-    if labels is not None:
-        y = labels.cpu().numpy()
-        int_acc = float((top_int == y).mean())
-        fq_acc = float((top_fake == y).mean())
-    return Agreement(
-        n=int(x_q.shape[0]),
-        top1_agreement=float((top_int == top_fake).mean()),
-        exact_output_fraction=float((diff == 0).mean()),
-        max_lsb_diff=int(diff.max()),
-        mean_abs_lsb_diff=float(diff.mean()),
-        integer_acc=int_acc,
-        fake_quant_acc=fq_acc,
-    )
+    return code_agreement(q_int, q_fake, None if labels is None else labels.cpu().numpy())

@@ -8,7 +8,7 @@ The computations of the deployment lesson (no widgets, no plotting):
   ``convert`` (quantized modules). It picks its own ranges, so its integers are not qlearn's.
 * ``three_engines``: qlearn's integers on qlearn's engine, on PyTorch's int8 kernels
   (``qlearn.latency.to_torch_int8``) and on ONNX Runtime (``qlearn.onnx_export``), compared code by
-  code with ``qlearn.latency.code_agreement`` (Eq. 69), with the eager flow's accuracy beside them.
+  code with ``qlearn.agreement.code_agreement`` (Eq. 69), with the eager flow's accuracy beside them.
 * ``requant_rounding`` / ``pool_ties``: where the runtimes round differently -- the float multiplier
   M = S1 S2 / S3 rounded half to even (PyTorch, ONNX Runtime) against the fixed-point M0 2^(shift-31)
   with ties away (qlearn, Eqs. 22-31); the average pool's half-way means (Eq. 35).
@@ -36,8 +36,11 @@ import torch.ao.nn.quantized as nnq
 import torch.ao.quantization as tq
 from torch import nn
 
-from qlearn.latency import CodeAgreement, code_agreement, measure_latency, to_torch_int8
+from qlearn.agreement import Agreement, code_agreement
+from qlearn.latency import to_torch_int8
 from qlearn.models import ConvBNReLU, DepthwiseSeparable, InvertedResidual, MobileNet
+from qlearn.threads import one_thread
+from qlearn.timing import measure
 
 __all__ = [
     "EagerConvBNReLU", "eager_copy", "conv_bn_pairs", "TorchEagerPTQ", "torch_eager_ptq", "EngineComparison",
@@ -177,8 +180,8 @@ class EngineComparison:
     """qlearn's integers on three engines, and PyTorch's own eager model, on the same test images.
 
     accuracy   : {engine: top-1 accuracy}
-    vs_qlearn  : {engine: CodeAgreement with qlearn's engine on the same uint8 codes (Eq. 69)}
-    per_layer  : {engine: [(layer, CodeAgreement of that layer alone, fed qlearn's codes)]}
+    vs_qlearn  : {engine: Agreement with qlearn's engine on the same uint8 codes (Eq. 69)}
+    per_layer  : {engine: [(layer, Agreement of that layer alone, fed qlearn's codes)]}
     torch_engine, torch_engine_reason : what ``to_torch_int8`` chose and why
     eager_top1_vs_qlearn : fraction of images where PyTorch's eager model predicts qlearn's class
     """
@@ -219,7 +222,7 @@ def three_engines(run: Any, images: torch.Tensor, labels: torch.Tensor, eager: T
         pred = eager(images).argmax(1).numpy()
         acc["PyTorch eager flow"] = float((pred == y).mean())
         eager_top1 = float((pred == out.argmax(1)).mean())
-    per_layer: dict[str, list[tuple[str, CodeAgreement]]] = {"ONNX Runtime": [], "PyTorch int8": []}
+    per_layer: dict[str, list[tuple[str, Agreement]]] = {"ONNX Runtime": [], "PyTorch int8": []}
     for layer in im.layers:
         xs = [ours[i] for i in layer.inputs]
         want = _flat(ours[layer.name])
@@ -280,7 +283,8 @@ def requant_rounding(layer: Any, x_q: np.ndarray) -> dict:
     acc M lies within 0.01 of a half-way point (where the two roundings can part).
     """
     from qlearn.fixedpoint import multiply_by_quantized_multiplier
-    from qlearn.integer import QConv2d, conv2d_accumulator
+    from qlearn.integer import conv2d_accumulator
+    from qlearn.integer_layers import QConv2d
 
     if not isinstance(layer, QConv2d):
         raise TypeError(f"layer must be a QConv2d, got {type(layer).__name__}")
@@ -320,7 +324,7 @@ def exact_export(run: Any, images: torch.Tensor, *, onnx_model: Any = None) -> d
     """``run``'s integer model exported with ``requant="fixedpoint"`` and compared with qlearn's engine.
 
     Returns {"runtime": the OnnxInt8Model, "ops": {operator: count} of its graph, "end_to_end":
-    CodeAgreement of the output codes (Eq. 69), "per_layer": [(layer, CodeAgreement of that layer
+    Agreement of the output codes (Eq. 69), "per_layer": [(layer, Agreement of that layer
     alone, fed qlearn's codes)]}. ``onnx_model``: an already built fixed-point runtime to reuse.
     """
     from qlearn.convert import quantize_input
@@ -375,10 +379,7 @@ def artefacts(run: Any, eager: TorchEagerPTQ, folder: str | Path) -> dict[str, d
 
 
 def latencies(fns: dict[str, Any], *, repeats: int = 20) -> dict[str, float]:
-    """{name: median ms} of each zero-argument callable, one torch thread, ``qlearn.latency.measure_latency``."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return {name: measure_latency(fn, repeats=repeats, warmup=2).median_ms for name, fn in fns.items()}
-    finally:
-        torch.set_num_threads(before)
+    """{name: median ms} of each zero-argument callable, on one thread (``qlearn.threads.one_thread``),
+    timed by ``qlearn.timing.measure``."""
+    with one_thread():
+        return {name: measure(fn, repeats=repeats, warmup=2).median_ms for name, fn in fns.items()}

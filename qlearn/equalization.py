@@ -45,6 +45,8 @@ __all__ = [
     "zero_dead_channels",
     "conv_blocks",
     "channel_ranges",
+    "DEAD_REL",
+    "dead_channels",
     "equalize_pairs",
     "cross_layer_equalize",
     "bias_correct",
@@ -112,6 +114,16 @@ def channel_ranges(w: torch.Tensor, axis: int = 0) -> np.ndarray:
     return w.transpose(0, axis).reshape(w.shape[axis], -1).abs().amax(1).numpy()
 
 
+#: A channel is "dead" when its range max |w_fold[c]| is below this fraction of the layer's largest.
+DEAD_REL = 1e-3
+
+
+def dead_channels(ranges: np.ndarray, rel: float = DEAD_REL) -> np.ndarray:
+    """Boolean mask (C,) of the channels whose range is below ``rel`` times the largest of ``ranges`` (C,)."""
+    r = np.asarray(ranges, dtype=np.float64)
+    return r < rel * r.max()
+
+
 def range_spread(w: torch.Tensor) -> float:
     """max_c r_c / min_c r_c over the nonzero output-channel ranges r_c = max |w[c]| (1 = all alike)."""
     r = channel_ranges(w)
@@ -120,7 +132,7 @@ def range_spread(w: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def zero_dead_channels(model: MobileNet, rel: float = 1e-3) -> dict[str, int]:
+def zero_dead_channels(model: MobileNet, rel: float = DEAD_REL) -> dict[str, int]:
     """In a folded-form model, set to exactly 0 the weights of every output channel whose max |w_fold|
     is below ``rel`` times the layer's largest (in place). Returns {block name: channels zeroed}.
 
@@ -134,8 +146,7 @@ def zero_dead_channels(model: MobileNet, rel: float = 1e-3) -> dict[str, int]:
         raise ValueError(f"rel must be a number in (0, 1), e.g. 1e-6, got {rel!r}")
     zeroed = {}
     for name, b in conv_blocks(model):
-        r = channel_ranges(b.conv.weight)
-        dead = r < rel * r.max()
+        dead = dead_channels(channel_ranges(b.conv.weight), rel)
         if dead.any():
             b.conv.weight[torch.from_numpy(dead)] = 0.0
             zeroed[name] = int(dead.sum())

@@ -93,6 +93,11 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("08_conv.png", "qlearn.widgets.integer_explorers:conv_explorer", "08"),
     FigureSpec("09_pipeline.png", "qlearn.widgets.pipeline:pipeline_explorer", "09"),
     FigureSpec("09_integer_layers.png", "qlearn.widgets.pipeline:integer_layer_explorer", "09"),
+    FigureSpec("10_group_size.png", "qlearn.widgets.formats_granularity:group_size_explorer", "10"),
+    FigureSpec("10_mixed_precision.png", "qlearn.widgets.formats_granularity:mixed_precision_explorer", "10"),
+    FigureSpec("11_granularity.png", "qlearn.widgets.transformer:granularity_explorer", "11"),
+    FigureSpec("11_outliers.png", "qlearn.widgets.transformer:outlier_explorer", "11"),
+    FigureSpec("11_smoothquant.png", "qlearn.widgets.transformer:smoothquant_explorer", "11"),
     FigureSpec("12_imagenet_variants.png", "qlearn.widgets.imagenet:variants_explorer", "12"),
     FigureSpec("13_engines.png", "qlearn.widgets.deploy:engines_explorer", "13"),
 ]

@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +28,16 @@ import torch
 from qlearn._checks import check_int
 from qlearn.efficientnet import INPUT_RANGE, efficientnet_lite0, imagenet_classes, prepare_efficientnet, preprocess
 from qlearn.equalization import (
-    ConvBNPlainReLU, bias_correct, channel_ranges, conv_blocks, cross_layer_equalize, equalize_pairs,
-    folded_form, range_spread, zero_dead_channels,
+    ConvBNPlainReLU, bias_correct, channel_ranges, conv_blocks, cross_layer_equalize, dead_channels,
+    equalize_pairs, folded_form, range_spread, zero_dead_channels,
 )
 from qlearn.error import sqnr_db
+from qlearn.files import atomic_write_text, write_then_rename
 from qlearn.photos import sample_crops
 from qlearn.ptq import calibrate
 from qlearn.qat import QATConfig, _quantize_int, set_quantization, weight_scale
 from qlearn.ranges import mse_range, percentile_range
+from qlearn.timing import Stopwatch
 
 __all__ = ["VARIANTS", "StudyConfig", "QUICK", "agreement", "layer_ranges", "ptq_variant", "calibrate_activations",
            "cle_study", "integer_check", "run_study", "cached_study", "report_markdown", "main"]
@@ -120,7 +119,7 @@ def layer_ranges(folded: torch.nn.Module, bits: int = 8) -> list[dict]:
     for name, b in conv_blocks(folded):
         w = b.conv.weight.detach().double()
         r = channel_ranges(w)
-        row = dict(name=name, shape=list(w.shape), ranges=r.tolist(), dead=int((r < 1e-3 * r.max()).sum()),
+        row = dict(name=name, shape=list(w.shape), ranges=r.tolist(), dead=int(dead_channels(r).sum()),
                    spread=range_spread(w))
         qmax = 2 ** (bits - 1) - 1
         for per_channel in (False, True):
@@ -222,16 +221,13 @@ def integer_check(qmodel: Any, x: torch.Tensor) -> dict:
     fake-quant model's own input codes (``layer_lsb``), and the engine's images per second."""
     from qlearn.convert import compare, convert, quantize_input
 
-    t0 = time.perf_counter()
-    imodel = convert(qmodel)
-    convert_s = time.perf_counter() - t0
+    clock = Stopwatch()
+    imodel = clock.time("convert", convert, qmodel)
     agree = compare(qmodel, imodel, x, batch_size=2)
     x_q = quantize_input(qmodel, x[:1])
-    t0 = time.perf_counter()
-    imodel.run(x_q)
-    engine_s = time.perf_counter() - t0
-    return dict(agreement=agree.to_dict(), layer_lsb=layer_lsb(qmodel, imodel, x[:1]), convert_s=convert_s,
-                images_per_s=1.0 / engine_s, layers=len(imodel))
+    clock.time("engine", imodel.run, x_q)  # one image
+    return dict(agreement=agree.to_dict(), layer_lsb=layer_lsb(qmodel, imodel, x[:1]),
+                convert_s=clock.seconds["convert"], images_per_s=1.0 / clock.seconds["engine"], layers=len(imodel))
 
 
 @torch.no_grad()
@@ -269,7 +265,15 @@ def run_study(config: StudyConfig = StudyConfig(), *, data_dir: Any = None, prog
         if progress:
             print(msg, file=sys.stderr, flush=True)
 
-    t_start = time.perf_counter()
+    clock = Stopwatch()
+    with clock.stage("total"):
+        res = _study(config, data_dir, say, clock)
+    res["seconds"] = clock.seconds["total"]
+    return res
+
+
+def _study(config: StudyConfig, data_dir: str | Path | None, say: Any, clock: Stopwatch) -> dict:
+    """The body of ``run_study``; ``clock`` times the float model and each variant (seconds)."""
     names = imagenet_classes()
     model = efficientnet_lite0()
     labels = None
@@ -282,9 +286,8 @@ def run_study(config: StudyConfig = StudyConfig(), *, data_dir: Any = None, prog
         pixels, _ = sample_crops(config.crops, config.size, seed=0)
     x = preprocess(pixels)
     calib = preprocess(sample_crops(config.calib, config.size, seed=1)[0])
-    t0 = time.perf_counter()
-    ref = _predict(model, x)
-    float_s = time.perf_counter() - t0
+    ref = clock.time("float", _predict, model, x)
+    float_s = clock.seconds["float"]
     res: dict[str, Any] = dict(config=dataclasses.asdict(config), data_dir=str(data_dir) if data_dir else None,
                                torch=torch.__version__, n=int(x.shape[0]))
     res["float"] = dict(top1=[names[i] for i in ref.argmax(1).tolist()], seconds=float_s,
@@ -299,17 +302,16 @@ def run_study(config: StudyConfig = StudyConfig(), *, data_dir: Any = None, prog
     res["variants"] = {}
     for name in config.variants:
         say(f"imagenet-ptq: {name}")
-        t0 = time.perf_counter()
         bits, pc, act, bc = VARIANTS[name]
-        y = _predict(ptq_variant(folded, calib, bits, pc, act, bc), x)
-        res["variants"][name] = dict(agreement(ref, y, labels), seconds=time.perf_counter() - t0)
+        with clock.stage(name):
+            y = _predict(ptq_variant(folded, calib, bits, pc, act, bc), x)
+        res["variants"][name] = dict(agreement(ref, y, labels), seconds=clock.seconds[name])
     if config.cle:
         say("imagenet-ptq: cross-layer equalization")
         res["cle"] = cle_study(folded, x, calib, ref)
     say("imagenet-ptq: integer engine")
     q = ptq_variant(folded, calib, 8, True, "minmax")
     res["integer"] = integer_check(q, x[: config.integer_crops])
-    res["seconds"] = time.perf_counter() - t_start
     return res
 
 
@@ -322,9 +324,7 @@ def cached_study(config: StudyConfig = QUICK, *, rerun: bool = False, progress: 
         return json.loads(path.read_text())
     res = run_study(config, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(res))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(res))
     return res
 
 
@@ -382,15 +382,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imagenet-ptq: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"  # beside --out: the rename below stays on one disk
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    (tmp / "report.json").write_text(json.dumps(res, indent=1))
-    (tmp / "report.md").write_text(report_markdown(res))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+
+    def write(tmp: Path) -> None:  # a folder beside --out, renamed onto it when both files are written
+        (tmp / "report.json").write_text(json.dumps(res, indent=1))
+        (tmp / "report.md").write_text(report_markdown(res))
+
+    write_then_rename(out, write)
     print(f"imagenet-ptq: wrote {out / 'report.md'}")
     return 0
 

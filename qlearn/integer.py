@@ -1,4 +1,4 @@
-"""Integer-only inference: the kernels of paper Sec. 2.2-2.4 and a tiny engine that chains them.
+"""Integer-only kernels: the arithmetic of paper Sec. 2.2-2.4 on integer arrays.
 
 Every tensor here is an integer array and every parameter an integer; no float touches the data
 path. A quantized layer computes, for real values r = S (q - Z) (Eq. 1),
@@ -14,17 +14,12 @@ multiplication of ``qlearn.fixedpoint`` (Eq. 27-31). The fused activation is the
 weights are symmetric (Z2 = 0), the input is simply centred, q1 - Z1; the paper's expansion of
 sum (q1 - Z1)(q2 - Z2) into four sums (Eq. 39) is what a kernel needs when Z2 != 0.
 
-Two layers of API:
-
-* kernels ``conv2d``, ``linear``, ``add``, ``avg_pool``, ``requantize`` take integer arrays and
-  integer parameters only (float arrays are a ``TypeError``);
-* layers ``QConv2d``, ``QLinear``, ``QAdd``, ``QGlobalAvgPool``, ``QRequantize``: frozen dataclasses
-  holding one kernel's parameters (plus the real scales, for ``describe()``), and ``IntegerModel``,
-  which runs a list of layers on an integer input.
-
-Helpers for a converter: ``requant_multiplier`` (S1 S2 / S3 -> M0, shift), ``quantize_bias``
-(float bias -> int32 of scale S1 S2), ``activation_range`` (ReLU / ReLU6 / none -> clamp),
-``add_multipliers`` (the six fixed-point numbers of a quantized add).
+The kernels ``conv2d``, ``conv2d_accumulator``, ``linear``, ``add``, ``avg_pool`` and ``requantize``
+take integer arrays and integer parameters only (float arrays are a ``TypeError``) and check every
+argument. The rest of the engine lives next door: ``qlearn.layer_integers`` turns float scales into
+these integer parameters (M0/shift, int32 bias, clamp), ``qlearn.integer_layers`` freezes one
+kernel's parameters into a layer (checked once, at construction) and ``qlearn.integer_model`` chains
+layers into ``IntegerModel``.
 
 How the sums stay exact without an integer matrix multiply: the centred activations satisfy
 |q1 - Z1| <= 255 and the weights |q2| <= 128, so every product has |p| <= 255 * 128 = 32640 < 2^15
@@ -36,22 +31,13 @@ integer sum whenever 32640 K < 2^53, i.e. K < 2.7e11 terms (Eq. 26). The kernels
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from qlearn._checks import as_float_array, check_integer_array
-from qlearn.fixedpoint import (
-    INT32_MAX,
-    INT32_MIN,
-    Int32OverflowError,
-    multiplier_value,
-    multiply_by_quantized_multiplier,
-    quantize_multiplier,
-)
-from qlearn.qparams import QParams
+from qlearn._checks import check_integer_array
+from qlearn.fixedpoint import INT32_MAX, INT32_MIN, Int32OverflowError, multiply_by_quantized_multiplier
 
 __all__ = [
     "Int32OverflowError",
@@ -61,22 +47,10 @@ __all__ = [
     "add",
     "avg_pool",
     "requantize",
-    "requant_multiplier",
-    "quantize_bias",
-    "activation_range",
-    "add_multipliers",
-    "AddMultipliers",
-    "QConv2d",
-    "QLinear",
-    "QAdd",
-    "QGlobalAvgPool",
-    "QRequantize",
-    "IntegerModel",
 ]
 
 ACTIVATION_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8))
 OUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
-
 
 # ---------------------------------------------------------------------------------------------
 # Argument checks (each raises TypeError / ValueError with a message a learner can act on)
@@ -245,32 +219,33 @@ def _requantize_acc(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, out_zp: 
     return (np.clip(scaled, lo - out_zp, hi - out_zp) + out_zp).astype(dtype)
 
 
-# ---------------------------------------------------------------------------------------------
-# Kernels: integer arrays in, integer arrays out.
-# ---------------------------------------------------------------------------------------------
-def conv2d_accumulator(
-    x_q: np.ndarray,
-    x_zp: int,
-    w_q: np.ndarray,
-    bias_q: np.ndarray | None,
-    *,
-    stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, ...] | str = 0,
-    groups: int = 1,
-) -> np.ndarray:
-    """The int32 accumulator of ``conv2d`` before requantization (Eq. 25), as int64 holding int32 values.
+def _output_grid(x: np.ndarray, out_zp: Any, act_min: Any, act_max: Any) -> tuple[int, int, int]:
+    """(out_zp, act_min, act_max) checked against the output dtype, which is the input's dtype."""
+    out_zp = _zero_point(out_zp, "out_zp", x.dtype)
+    lo, hi = _clamp(act_min, act_max, x.dtype)
+    return out_zp, lo, hi
 
-    acc[n, o, i, j] = bias_q[o] + sum_{c,u,v} (x_pad[n, g(o) Cg + c, i sh + u, j sw + v] - x_zp) w_q[o, c, u, v]
-    Shapes as in ``conv2d``; raises ``Int32OverflowError`` if any accumulator leaves int32.
-    """
-    x = _activation(x_q, "x_q", 4)
-    x_zp = _zero_point(x_zp, "x_zp", x.dtype)
-    w = _weights(w_q, "w_q", 4)
+
+def _groups(groups: Any, cout: int) -> int:
     groups = _int(groups, "groups")
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
+    if groups < 1 or cout % groups:
+        raise ValueError(f"groups={groups} must be >= 1 and divide the output channels ({cout})")
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Unchecked cores: the arithmetic alone, on arguments the callers have checked (the kernels below
+# check everything on each call; the frozen layers of qlearn.integer_layers check their parameters
+# once, at construction, and only the input on each call).
+# ---------------------------------------------------------------------------------------------
+def _conv_acc(x: np.ndarray, x_zp: int, w: np.ndarray, bias: np.ndarray, stride: tuple[int, int],
+              padding: Any, groups: int) -> np.ndarray:
+    """The int32 accumulator of a conv (Eq. 25) as int64; x (N, Cin, H, W), w (Cout, Cin/groups, kh, kw)
+    int8, bias (Cout,) int64, stride (sh, sw), padding as ``_padding`` reads it. Checks only what
+    depends on the input: its channels against w and its size against the kernel."""
     n, cin, h, wd = x.shape
     cout, cg, kh, kw = w.shape
+    sh, sw = stride
     if cin % groups or cout % groups:
         raise ValueError(f"groups={groups} must divide the input channels ({cin}) and output channels ({cout})")
     if cg * groups != cin:
@@ -278,8 +253,6 @@ def conv2d_accumulator(
             f"w_q has {cg} input channels per group but x_q has {cin} channels / {groups} groups = "
             f"{cin // groups}; w_q must be (Cout, Cin/groups, kh, kw)"
         )
-    bias = _bias(bias_q, cout)
-    sh, sw = _pair(stride, "stride", 1)
     pt, pb, pl, pr = _padding(padding, (h, wd), (kh, kw), (sh, sw))  # asymmetric for "same" (TF SAME)
     if h + pt + pb < kh or wd + pl + pr < kw:
         raise ValueError(f"the {kh}x{kw} kernel is larger than the padded input {h + pt + pb}x{wd + pl + pr}")
@@ -316,6 +289,55 @@ def conv2d_accumulator(
     acc = acc + bias[None, :, None, None]
     _check_int32(acc, f"conv2d {tuple(w.shape)}")
     return acc
+
+
+def _conv_out(x: np.ndarray, x_zp: int, w: np.ndarray, bias: np.ndarray, m0: np.ndarray, shift: np.ndarray,
+              out_zp: int, lo: int, hi: int, stride: tuple[int, int], padding: Any, groups: int) -> np.ndarray:
+    """``conv2d`` on checked arguments (m0 / shift (Cout,) int64): accumulate, then requantize (Eq. 21)."""
+    acc = _conv_acc(x, x_zp, w, bias, stride, padding, groups)
+    return _requantize_acc(acc, m0, shift, out_zp, lo, hi, x.dtype, channel_axis=1)
+
+
+def _linear_out(x: np.ndarray, x_zp: int, w: np.ndarray, bias: np.ndarray, m0: np.ndarray, shift: np.ndarray,
+                out_zp: int, lo: int, hi: int) -> np.ndarray:
+    """``linear`` on checked arguments: x (N, In), w (Out, In) int8, bias / m0 / shift (Out,) int64."""
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"w_q is (Out, In) = {w.shape} but x_q has {x.shape[1]} features (shape {x.shape})")
+    xc = x.astype(np.int16) - np.int16(x_zp)  # (N, In), |.| <= 255
+    acc = _exact_matmul(xc, w.T, int(np.abs(xc).max()), int(np.abs(w.astype(np.int16)).max()), w.shape[1])
+    acc = acc + bias[None, :]  # (N, Out) int64 holding the int32 accumulator
+    _check_int32(acc, f"linear {tuple(w.shape)}")
+    return _requantize_acc(acc, m0, shift, out_zp, lo, hi, x.dtype, channel_axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels: integer arrays in, integer arrays out; every argument checked on every call.
+# ---------------------------------------------------------------------------------------------
+def conv2d_accumulator(
+    x_q: np.ndarray,
+    x_zp: int,
+    w_q: np.ndarray,
+    bias_q: np.ndarray | None,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, ...] | str = 0,
+    groups: int = 1,
+) -> np.ndarray:
+    """The int32 accumulator of ``conv2d`` before requantization (Eq. 25), as int64 holding int32 values.
+
+    acc[n, o, i, j] = bias_q[o] + sum_{c,u,v} (x_pad[n, g(o) Cg + c, i sh + u, j sw + v] - x_zp) w_q[o, c, u, v]
+    Shapes as in ``conv2d``; raises ``Int32OverflowError`` if any accumulator leaves int32.
+    """
+    x = _activation(x_q, "x_q", 4)
+    x_zp = _zero_point(x_zp, "x_zp", x.dtype)
+    w = _weights(w_q, "w_q", 4)
+    groups = _int(groups, "groups")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    bias = _bias(bias_q, w.shape[0])
+    stride = _pair(stride, "stride", 1)
+    _padding(padding)  # the spelling; the amounts depend on the input size
+    return _conv_acc(x, x_zp, w, bias, stride, padding, groups)
 
 
 def conv2d(
@@ -355,8 +377,7 @@ def conv2d(
     ``groups == Cin`` is a depthwise convolution (MobileNet).
     """
     x = _activation(x_q, "x_q", 4)
-    out_zp = _zero_point(out_zp, "out_zp", x.dtype)
-    lo, hi = _clamp(act_min, act_max, x.dtype)
+    out_zp, lo, hi = _output_grid(x, out_zp, act_min, act_max)
     cout = _weights(w_q, "w_q", 4).shape[0]
     m0_a, shift_a = _multipliers(m0, shift, cout)
     acc = conv2d_accumulator(x, x_zp, w_q, bias_q, stride=stride, padding=padding, groups=groups)
@@ -372,11 +393,11 @@ def _linear_args(x_q: Any, x_zp: Any, w_q: Any, bias_q: Any, m0: Any, shift: Any
     w = _weights(w_q, "w_q", 2)
     if w.shape[1] != x.shape[1]:
         raise ValueError(f"w_q is (Out, In) = {w.shape} but x_q has {x.shape[1]} features (shape {x.shape})")
-    out_zp = _zero_point(out_zp, "out_zp", x.dtype)
-    lo, hi = _clamp(act_min, act_max, x.dtype)
+    out_zp, lo, hi = _output_grid(x, out_zp, act_min, act_max)
     bias = _bias(bias_q, w.shape[0])
     m0_a, shift_a = _multipliers(m0, shift, w.shape[0])
     return x, x_zp, w, bias, m0_a, shift_a, out_zp, lo, hi
+
 
 def linear(
     x_q: np.ndarray,
@@ -397,13 +418,7 @@ def linear(
 
         q3[n, o] = clamp(out_zp + MBQM(bias_q[o] + sum_i (x_q[n, i] - x_zp) w_q[o, i], m0, shift))
     """
-    x, x_zp, w, bias, m0_a, shift_a, out_zp, lo, hi = _linear_args(x_q, x_zp, w_q, bias_q, m0, shift, out_zp,
-                                                                    act_min, act_max)
-    xc = x.astype(np.int16) - np.int16(x_zp)  # (N, In), |.| <= 255
-    acc = _exact_matmul(xc, w.T, int(np.abs(xc).max()), int(np.abs(w.astype(np.int16)).max()), w.shape[1])
-    acc = acc + bias[None, :]  # (N, Out) int64 holding the int32 accumulator
-    _check_int32(acc, f"linear {tuple(w.shape)}")
-    return _requantize_acc(acc, m0_a, shift_a, out_zp, lo, hi, x.dtype, channel_axis=1)
+    return _linear_out(*_linear_args(x_q, x_zp, w_q, bias_q, m0, shift, out_zp, act_min, act_max))
 
 
 def add(
@@ -532,534 +547,3 @@ def requantize(
     scaled = multiply_by_quantized_multiplier(centred, m0, shift)
     out = np.asarray(scaled, dtype=np.int64) + out_zp
     return np.clip(out, lo, hi).astype(dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers that turn float scales into the integer parameters above (used by a converter).
-# ---------------------------------------------------------------------------------------------
-def _positive(v: Any, name: str) -> np.ndarray:
-    arr = as_float_array(v, name)
-    if np.any(arr <= 0):
-        raise ValueError(f"{name} must be positive (a quantization scale), got {v!r}")
-    return arr
-
-
-def requant_multiplier(in_scale: float, w_scale: Any, out_scale: float) -> tuple[Any, Any]:
-    """M = S1 S2 / S3 (Eq. 22) as TFLite's (m0, shift) (Eq. 23).
-
-    Scalars give (int, int); a per-channel (Cout,) ``w_scale`` gives two (Cout,) int32 arrays.
-    Refuses M >= 2^30 (shift > 30), which no sensible layer has.
-    """
-    s1 = _positive(in_scale, "in_scale")
-    s2 = _positive(w_scale, "w_scale")
-    s3 = _positive(out_scale, "out_scale")
-    if s1.ndim or s3.ndim:
-        raise ValueError("in_scale and out_scale must be scalars (per-tensor activations)")
-    if s2.ndim > 1:
-        raise ValueError(f"w_scale must be a scalar or a 1-D per-channel array, got shape {s2.shape}")
-    m = s1 * s2 / s3
-    m0, shift = quantize_multiplier(float(m) if m.ndim == 0 else m)
-    if np.max(shift) > 30:
-        raise ValueError(f"the multiplier S1 S2 / S3 = {np.max(m):.3g} is too large (>= 2^30) for int32 arithmetic")
-    return m0, shift
-
-
-def quantize_bias(bias: Any, in_scale: float, w_scale: Any) -> np.ndarray:
-    """Float bias -> int32 with scale S1 S2 and zero point 0: round_half_even(b / (S1 S2)) (Eq. 24).
-
-    bias (Cout,) floats; w_scale scalar or (Cout,). Returns (Cout,) int32. Raises
-    ``Int32OverflowError`` if a bias does not fit int32 (a sign of broken scales).
-    """
-    b = as_float_array(bias, "bias")
-    if b.ndim != 1:
-        raise ValueError(f"bias must be 1-D (one per output channel), got shape {b.shape}")
-    s1 = _positive(in_scale, "in_scale")
-    s2 = _positive(w_scale, "w_scale")
-    if s2.ndim and s2.shape != b.shape:
-        raise ValueError(f"per-channel w_scale {s2.shape} does not match bias {b.shape}")
-    q = np.rint(b / (s1 * s2))
-    if q.min() < INT32_MIN or q.max() > INT32_MAX:
-        raise Int32OverflowError(
-            f"bias / (S1 S2) reaches {np.abs(q).max():.3g}, outside int32: the input or weight scale is "
-            "far too small for this bias"
-        )
-    return q.astype(np.int32)
-
-
-def activation_range(kind: str | None, out_scale: float, out_zp: int, *, dtype: Any = np.uint8) -> tuple[int, int]:
-    """The clamp [act_min, act_max] of a fused activation on the output grid (paper Sec. 2.4; Eq. 37).
-
-    kind None / "none" -> the dtype's range; "relu" -> [max(qmin, Z), qmax];
-    "relu6" -> [max(qmin, Z), min(qmax, Z + round(6 / S))]  (TFLite CalculateActivationRangeQuantized,
-    round half away from zero).
-    """
-    dt = np.dtype(dtype)
-    if dt not in OUT_DTYPES:
-        raise TypeError(f"dtype must be uint8, int8, int16 or int32, got {dt}")
-    info = np.iinfo(dt)
-    s = float(_positive(out_scale, "out_scale"))
-    z = _zero_point(out_zp, "out_zp", dt)
-    if kind is None or kind == "none":
-        return int(info.min), int(info.max)
-    if kind == "relu":
-        return max(int(info.min), z), int(info.max)
-    if kind == "relu6":
-        six = z + int(np.floor(6.0 / s + 0.5))
-        return max(int(info.min), z), min(int(info.max), six)
-    raise ValueError(f"kind must be None, 'none', 'relu' or 'relu6', got {kind!r}")
-
-
-@dataclass(frozen=True)
-class AddMultipliers:
-    """The fixed-point numbers of a quantized ADD (TFLite add.cc Prepare; Eq. 32-34)."""
-
-    a_m0: int
-    a_shift: int
-    b_m0: int
-    b_shift: int
-    out_m0: int
-    out_shift: int
-    left_shift: int = 20
-
-
-def add_multipliers(a_scale: float, b_scale: float, out_scale: float, *, left_shift: int = 20) -> AddMultipliers:
-    """TFLite's recipe for ADD (Eq. 33): common scale T = 2 max(Sa, Sb), then
-
-        Ma = Sa / T,  Mb = Sb / T   (both <= 1/2)        Mout = T / (2^left_shift S_out)
-
-    each as (m0, shift) by ``quantize_multiplier``; all three must be < 1 (shift <= 0).
-    Pass float32-rounded scales to match TFLite bit for bit (its scales are float32).
-    """
-    sa = float(_positive(a_scale, "a_scale"))
-    sb = float(_positive(b_scale, "b_scale"))
-    so = float(_positive(out_scale, "out_scale"))
-    left_shift = _int(left_shift, "left_shift")
-    if not 0 <= left_shift <= 22:
-        raise ValueError(f"left_shift must be in [0, 22], got {left_shift}")
-    twice_max = 2.0 * max(sa, sb)
-    am0, ash = quantize_multiplier(sa / twice_max)
-    bm0, bsh = quantize_multiplier(sb / twice_max)
-    out_real = twice_max / ((1 << left_shift) * so)
-    if out_real >= 1.0:
-        raise ValueError(
-            f"the output multiplier 2 max(Sa, Sb) / (2^{left_shift} S_out) = {out_real:.3g} must be < 1; "
-            "the output scale is far smaller than the input scales"
-        )
-    om0, osh = quantize_multiplier(out_real)
-    return AddMultipliers(am0, ash, bm0, bsh, om0, osh, left_shift)
-
-
-# ---------------------------------------------------------------------------------------------
-# Layers: one kernel's parameters, frozen, callable, self-describing.
-# ---------------------------------------------------------------------------------------------
-def _check_layer_name(layer: Any, n_inputs: int | None) -> None:
-    if not isinstance(layer.name, str) or not layer.name or layer.name == "input":
-        raise ValueError(f"a layer name must be a non-empty string other than 'input', got {layer.name!r}")
-    inputs = layer.inputs
-    if isinstance(inputs, str):
-        inputs = (inputs,)
-    inputs = tuple(inputs)
-    if not all(isinstance(i, str) for i in inputs):
-        raise TypeError(f"layer {layer.name!r}: inputs must be names (strings), got {layer.inputs!r}")
-    if n_inputs is not None and len(inputs) != n_inputs:
-        raise ValueError(f"layer {layer.name!r} takes {n_inputs} input(s), got inputs={inputs!r}")
-    object.__setattr__(layer, "inputs", inputs)
-
-
-def _summary(v: Any) -> Any:
-    """A scalar stays a number; a per-channel array becomes 'min..max (C)' for a table."""
-    arr = np.asarray(v)
-    if arr.ndim == 0:
-        return arr.item()
-    if np.issubdtype(arr.dtype, np.integer):
-        return f"{arr.min()}..{arr.max()} ({arr.size})"
-    return f"{arr.min():.4g}..{arr.max():.4g} ({arr.size})"
-
-
-def _one_input(layer: Any, xs: tuple) -> tuple:
-    if len(xs) != 1:
-        raise TypeError(f"layer {layer.name!r} takes one input, got {len(xs)}")
-    return xs
-
-
-@dataclass(frozen=True, eq=False)
-class QConv2d:
-    """A quantized conv layer: ``conv2d`` with its parameters (see there for shapes and dtypes).
-
-    in_scale, w_scale (float or (Cout,) array), out_scale are the real scales, kept only for
-    ``describe()``; the data path uses m0 / shift, which must have been derived from them
-    (``requant_multiplier(in_scale, w_scale, out_scale)``). Arrays are checked at construction.
-    """
-
-    name: str
-    inputs: tuple[str, ...]
-    w_q: np.ndarray  # (Cout, Cin/groups, kh, kw) int8
-    bias_q: np.ndarray  # (Cout,) int32
-    in_zp: int
-    out_zp: int
-    m0: Any  # int scalar or (Cout,) int32
-    shift: Any  # int scalar or (Cout,) int
-    stride: int | tuple[int, int] = 1
-    padding: int | tuple[int, ...] | str = 0  # int, (ph, pw), (top, bottom, left, right) or "same"
-    groups: int = 1
-    act_min: int = 0
-    act_max: int = 255
-    in_scale: float = 1.0
-    w_scale: Any = 1.0
-    out_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_layer_name(self, 1)
-        w = _weights(self.w_q, "w_q", 4)
-        _bias(self.bias_q, w.shape[0])
-        _multipliers(self.m0, self.shift, w.shape[0])
-        _pair(self.stride, "stride", 1)
-        _padding(self.padding)
-        if _int(self.groups, "groups") < 1 or w.shape[0] % self.groups:
-            raise ValueError(f"groups={self.groups} must be >= 1 and divide Cout={w.shape[0]}")
-
-    def __call__(self, *xs: np.ndarray) -> np.ndarray:
-        (x,) = _one_input(self, xs)
-        return conv2d(
-            x, self.in_zp, self.w_q, self.bias_q, self.m0, self.shift, self.out_zp,
-            stride=self.stride, padding=self.padding, groups=self.groups,
-            act_min=self.act_min, act_max=self.act_max,
-        )
-
-    def describe(self) -> dict:
-        w = np.asarray(self.w_q)
-        kind = "depthwise conv" if self.groups > 1 and w.shape[1] == 1 else "conv"
-        return {
-            "name": self.name, "kind": kind, "inputs": self.inputs,
-            "w_shape": tuple(w.shape), "w_dtype": str(w.dtype), "bias_dtype": str(np.asarray(self.bias_q).dtype),
-            "stride": self.stride, "padding": self.padding, "groups": self.groups,
-            "in_scale": self.in_scale, "w_scale": _summary(self.w_scale), "out_scale": self.out_scale,
-            "in_zp": self.in_zp, "out_zp": self.out_zp,
-            "M": _summary(multiplier_value(np.asarray(self.m0, dtype=np.int64), np.asarray(self.shift, dtype=np.int64))),
-            "m0": _summary(self.m0), "shift": _summary(self.shift),
-            "clamp": (self.act_min, self.act_max),
-        }
-
-
-@dataclass(frozen=True, eq=False)
-class QLinear:
-    """A quantized fully connected layer: ``linear`` with its parameters. w_q (Out, In) int8."""
-
-    name: str
-    inputs: tuple[str, ...]
-    w_q: np.ndarray  # (Out, In) int8
-    bias_q: np.ndarray  # (Out,) int32
-    in_zp: int
-    out_zp: int
-    m0: Any
-    shift: Any
-    act_min: int = 0
-    act_max: int = 255
-    in_scale: float = 1.0
-    w_scale: Any = 1.0
-    out_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_layer_name(self, 1)
-        w = _weights(self.w_q, "w_q", 2)
-        _bias(self.bias_q, w.shape[0])
-        _multipliers(self.m0, self.shift, w.shape[0])
-
-    def __call__(self, *xs: np.ndarray) -> np.ndarray:
-        (x,) = _one_input(self, xs)
-        return linear(
-            x, self.in_zp, self.w_q, self.bias_q, self.m0, self.shift, self.out_zp,
-            act_min=self.act_min, act_max=self.act_max,
-        )
-
-    def describe(self) -> dict:
-        w = np.asarray(self.w_q)
-        return {
-            "name": self.name, "kind": "linear", "inputs": self.inputs,
-            "w_shape": tuple(w.shape), "w_dtype": str(w.dtype), "bias_dtype": str(np.asarray(self.bias_q).dtype),
-            "in_scale": self.in_scale, "w_scale": _summary(self.w_scale), "out_scale": self.out_scale,
-            "in_zp": self.in_zp, "out_zp": self.out_zp,
-            "M": _summary(multiplier_value(np.asarray(self.m0, dtype=np.int64), np.asarray(self.shift, dtype=np.int64))),
-            "m0": _summary(self.m0), "shift": _summary(self.shift),
-            "clamp": (self.act_min, self.act_max),
-        }
-
-
-@dataclass(frozen=True, eq=False)
-class QAdd:
-    """A quantized elementwise add of two earlier outputs (``add``; TFLite style, left_shift=20).
-
-    Build it with ``QAdd.from_scales``, which derives the multipliers (``add_multipliers``).
-    """
-
-    name: str
-    inputs: tuple[str, ...]  # exactly two names
-    a_zp: int
-    a_m0: int
-    a_shift: int
-    b_zp: int
-    b_m0: int
-    b_shift: int
-    out_zp: int
-    out_m0: int
-    out_shift: int
-    left_shift: int = 20
-    act_min: int = 0
-    act_max: int = 255
-    a_scale: float = 1.0
-    b_scale: float = 1.0
-    out_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_layer_name(self, 2)
-        for m0, sh in ((self.a_m0, self.a_shift), (self.b_m0, self.b_shift), (self.out_m0, self.out_shift)):
-            _multipliers(m0, sh, 1)
-
-    @classmethod
-    def from_scales(
-        cls,
-        name: str,
-        inputs: Sequence[str],
-        a_scale: float,
-        a_zp: int,
-        b_scale: float,
-        b_zp: int,
-        out_scale: float,
-        out_zp: int,
-        *,
-        act_min: int = 0,
-        act_max: int = 255,
-        left_shift: int = 20,
-    ) -> "QAdd":
-        """Derive every multiplier from the three real scales (``add_multipliers``, Eq. 33)."""
-        m = add_multipliers(a_scale, b_scale, out_scale, left_shift=left_shift)
-        return cls(
-            name, tuple(inputs), a_zp, m.a_m0, m.a_shift, b_zp, m.b_m0, m.b_shift,
-            out_zp, m.out_m0, m.out_shift, left_shift, act_min, act_max,
-            float(a_scale), float(b_scale), float(out_scale),
-        )
-
-    def __call__(self, *xs: np.ndarray) -> np.ndarray:
-        if len(xs) != 2:
-            raise TypeError(f"layer {self.name!r} adds two inputs, got {len(xs)}")
-        return add(
-            xs[0], self.a_zp, self.a_m0, self.a_shift, xs[1], self.b_zp, self.b_m0, self.b_shift,
-            self.out_zp, self.out_m0, self.out_shift,
-            left_shift=self.left_shift, act_min=self.act_min, act_max=self.act_max,
-        )
-
-    def describe(self) -> dict:
-        return {
-            "name": self.name, "kind": "add", "inputs": self.inputs,
-            "a_scale": self.a_scale, "b_scale": self.b_scale, "out_scale": self.out_scale,
-            "a_zp": self.a_zp, "b_zp": self.b_zp, "out_zp": self.out_zp,
-            "M": tuple(multiplier_value(int(m), int(sh)) for m, sh in
-                       ((self.a_m0, self.a_shift), (self.b_m0, self.b_shift), (self.out_m0, self.out_shift))),
-            "m0": (self.a_m0, self.b_m0, self.out_m0), "shift": (self.a_shift, self.b_shift, self.out_shift),
-            "left_shift": self.left_shift, "clamp": (self.act_min, self.act_max),
-        }
-
-
-@dataclass(frozen=True, eq=False)
-class QGlobalAvgPool:
-    """Global average pool (N, C, H, W) -> (N, C); scale and zero point pass through unchanged."""
-
-    name: str
-    inputs: tuple[str, ...]
-    act_min: int = 0
-    act_max: int = 255
-    scale: float = 1.0
-    zero_point: int = 0
-
-    def __post_init__(self) -> None:
-        _check_layer_name(self, 1)
-
-    def __call__(self, *xs: np.ndarray) -> np.ndarray:
-        (x,) = _one_input(self, xs)
-        return avg_pool(x, act_min=self.act_min, act_max=self.act_max)
-
-    def describe(self) -> dict:
-        return {
-            "name": self.name, "kind": "global avg pool", "inputs": self.inputs,
-            "in_scale": self.scale, "out_scale": self.scale, "in_zp": self.zero_point,
-            "out_zp": self.zero_point, "clamp": (self.act_min, self.act_max),
-        }
-
-
-@dataclass(frozen=True, eq=False)
-class QRequantize:
-    """Change the grid of a tensor from (in_scale, in_zp) to (out_scale, out_zp) (``requantize``)."""
-
-    name: str
-    inputs: tuple[str, ...]
-    in_zp: int
-    m0: int
-    shift: int
-    out_zp: int
-    act_min: int = 0
-    act_max: int = 255
-    out_dtype: Any = np.uint8
-    in_scale: float = 1.0
-    out_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_layer_name(self, 1)
-        _multipliers(self.m0, self.shift, 1)
-
-    def __call__(self, *xs: np.ndarray) -> np.ndarray:
-        (x,) = _one_input(self, xs)
-        return requantize(
-            x, self.in_zp, self.m0, self.shift, self.out_zp,
-            out_dtype=self.out_dtype, act_min=self.act_min, act_max=self.act_max,
-        )
-
-    def describe(self) -> dict:
-        return {
-            "name": self.name, "kind": "requantize", "inputs": self.inputs,
-            "in_scale": self.in_scale, "out_scale": self.out_scale,
-            "in_zp": self.in_zp, "out_zp": self.out_zp,
-            "M": multiplier_value(int(self.m0), int(self.shift)), "m0": int(self.m0), "shift": int(self.shift),
-            "clamp": (self.act_min, self.act_max),
-        }
-
-
-class IntegerModel:
-    """A list of integer layers run in order on an integer input (the paper's integer-only inference).
-
-    layers         : list of QConv2d / QLinear / QAdd / QGlobalAvgPool / QRequantize (any object with
-                     ``name``, ``inputs``, ``__call__`` and ``describe``); names unique and not "input";
-                     each ``inputs`` entry names an earlier layer or "input" (the model input).
-    input_qparams  : per-tensor QParams; ``__call__`` quantizes float inputs with it.
-    output_qparams : per-tensor QParams of the last layer's output; ``__call__`` dequantizes with it.
-    input_shape    : optional example input shape, used by ``describe()`` to print output shapes.
-
-    ``run(x_q)`` -> last layer's integer output; ``layer_outputs(x_q)`` -> {name: integer output};
-    ``__call__(x_float)`` -> float64 output; ``describe()`` -> a printable layer-by-layer table.
-    """
-
-    def __init__(
-        self,
-        layers: Sequence[Any],
-        input_qparams: QParams,
-        output_qparams: QParams,
-        *,
-        input_shape: tuple[int, ...] | None = None,
-    ) -> None:
-        layers = list(layers)
-        if not layers:
-            raise ValueError("an IntegerModel needs at least one layer")
-        for qp, nm in ((input_qparams, "input_qparams"), (output_qparams, "output_qparams")):
-            if not isinstance(qp, QParams):
-                raise TypeError(f"{nm} must be a QParams (qlearn.qparams), got {type(qp).__name__}")
-            if qp.per_channel:
-                raise ValueError(f"{nm} must be per-tensor (axis=None): activations have one scale")
-        seen = {"input"}
-        for layer in layers:
-            for attr in ("name", "inputs", "describe"):
-                if not hasattr(layer, attr) or not callable(layer):
-                    raise TypeError(
-                        f"{layer!r} is not an integer layer (needs name, inputs, describe and __call__)"
-                    )
-            if layer.name in seen:
-                raise ValueError(f"layer name {layer.name!r} is used twice (or is the reserved 'input')")
-            missing = [i for i in layer.inputs if i not in seen]
-            if missing:
-                raise ValueError(
-                    f"layer {layer.name!r} reads {missing}, which no earlier layer produces; inputs must name "
-                    "earlier layers or 'input'"
-                )
-            seen.add(layer.name)
-        self.layers = layers
-        self.input_qparams = input_qparams
-        self.output_qparams = output_qparams
-        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __getitem__(self, name: str) -> Any:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(f"no layer named {name!r}; layers: {[l.name for l in self.layers]}")
-
-    def layer_outputs(self, x_q: np.ndarray) -> dict[str, np.ndarray]:
-        """Every layer's integer output by name (plus "input"), to hunt down LSB differences."""
-        x = check_integer_array(x_q, "x_q")
-        qp = self.input_qparams
-        if x.dtype != qp.dtype:
-            raise TypeError(
-                f"x_q must have dtype {qp.dtype} (from input_qparams), got {x.dtype}; "
-                "quantize float inputs with qlearn.quantize.quantize or call the model on floats"
-            )
-        if x.size and (x.min() < qp.qmin or x.max() > qp.qmax):
-            raise ValueError(f"x_q holds values outside [{qp.qmin}, {qp.qmax}] of input_qparams")
-        outs: dict[str, np.ndarray] = {"input": x}
-        for layer in self.layers:
-            outs[layer.name] = layer(*(outs[i] for i in layer.inputs))
-        return outs
-
-    def run(self, x_q: np.ndarray) -> np.ndarray:
-        """Integer input -> the last layer's integer output."""
-        return self.layer_outputs(x_q)[self.layers[-1].name]
-
-    def __call__(self, x: Any) -> np.ndarray:
-        """Float input -> quantize (input_qparams) -> run -> dequantize (output_qparams) -> float64."""
-        from qlearn.quantize import dequantize, quantize
-
-        x_q = np.asarray(quantize(x, self.input_qparams))
-        return np.asarray(dequantize(self.run(x_q), self.output_qparams))
-
-    def describe(self, x_shape: tuple[int, ...] | None = None) -> str:
-        """A table, one row per layer: name, kind, output shape, dtype, scales, zero points, M0, shift, clamp.
-
-        Output shapes come from running an input of ``x_shape`` (or ``input_shape``) filled with the
-        input zero point; without a shape the column shows "?".
-        """
-        shape = x_shape if x_shape is not None else self.input_shape
-        outs: dict[str, np.ndarray] = {}
-        if shape is not None:
-            x0 = np.full(tuple(shape), self.input_qparams.zero_point, dtype=self.input_qparams.dtype)
-            outs = self.layer_outputs(x0)
-        header = ("name", "kind", "out shape", "dtype", "in scale", "out scale", "in zp", "out zp",
-                  "M", "M0", "shift", "clamp")
-        rows = [header]
-        for layer in self.layers:
-            d = layer.describe()
-            out = outs.get(layer.name)
-            scale_in = d.get("in_scale", d.get("a_scale", ""))
-            if d["kind"] == "add":
-                scale_in = f"{d['a_scale']:.4g}, {d['b_scale']:.4g}"
-                zp_in = f"{d['a_zp']}, {d['b_zp']}"
-            else:
-                zp_in = d.get("in_zp", "")
-            rows.append((
-                d["name"], d["kind"],
-                "?" if out is None else str(tuple(out.shape)),
-                "?" if out is None else str(out.dtype),
-                f"{scale_in:.4g}" if isinstance(scale_in, float) else str(scale_in),
-                f"{d.get('out_scale', ''):.4g}" if isinstance(d.get("out_scale"), float) else str(d.get("out_scale", "")),
-                str(zp_in), str(d.get("out_zp", "")),
-                _fmt_cell(d.get("M", "")), _fmt_cell(d.get("m0", "")), _fmt_cell(d.get("shift", "")),
-                str(d.get("clamp", "")),
-            ))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        qi, qo = self.input_qparams, self.output_qparams
-        lines.append(
-            f"input: scale {qi.scale:.4g}, zero point {qi.zero_point}, {qi.dtype}   "
-            f"output: scale {qo.scale:.4g}, zero point {qo.zero_point}, {qo.dtype}"
-        )
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return f"IntegerModel({len(self.layers)} layers: {', '.join(l.name for l in self.layers)})"
-
-
-def _fmt_cell(v: Any) -> str:
-    if isinstance(v, tuple):
-        return ", ".join(_fmt_cell(i) for i in v)
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)

@@ -1,4 +1,4 @@
-"""Deployment and latency: run qlearn's integer model on PyTorch's int8 CPU kernels, and time it.
+"""Deployment to PyTorch's int8 CPU kernels: run qlearn's integer model on a real int8 runtime.
 
 The paper's speed claim (Sec. 4, Figure 4.1) is about a real integer runtime, not about readable
 numpy. ``qlearn.integer`` shows *what* the integer-only model computes; this module hands the very
@@ -28,8 +28,9 @@ Which engine? The one that computes *these integers* correctly on *this* CPU:
 CPU) and records its choice and the reason on the result (``.engine``, ``.engine_reason``); asking for
 ``x86`` with integers that can saturate still works (to measure it) but raises an
 ``Int16SaturationWarning``. PyTorch requantizes with a float multiplier where qlearn uses the
-fixed-point (M0, shift) of Eqs. 22-31, so rare near-ties differ by 1 LSB; ``code_agreement``
-measures how often outputs agree (Eq. 69).
+fixed-point (M0, shift) of Eqs. 22-31, so rare near-ties differ by 1 LSB;
+``qlearn.agreement.code_agreement`` measures how often outputs agree (Eq. 69), and ``qlearn.timing``
+times them.
 
 One property of the x86 engine matters for timing: on CPUs with VNNI its convolutions run on oneDNN,
 whose quantized conv builds its kernel ("primitive") on the *first* call and keeps it only for that
@@ -44,12 +45,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import numbers
-import time
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,12 +56,14 @@ import torch.ao.nn.quantized as nnq
 import torch.nn.functional as F
 from torch import nn
 
-from qlearn.integer import IntegerModel, QAdd, QConv2d, QGlobalAvgPool, QLinear, QRequantize, _padding, _pair
+from qlearn.integer import _padding, _pair
+from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear, QRequantize
+from qlearn.integer_model import IntegerModel
 from qlearn.saturation import INT16_MAX, max_pair_sum
 
 __all__ = [
-    "TorchInt8Model", "to_torch_int8", "Latency", "measure_latency", "code_agreement", "CodeAgreement",
-    "cpu_int8_features", "pair_sum_bounds", "choose_engine", "Int16SaturationWarning",
+    "TorchInt8Model", "to_torch_int8", "cpu_int8_features", "pair_sum_bounds", "choose_engine",
+    "Int16SaturationWarning",
 ]
 
 _PAIRWISE_ENGINES = ("x86", "fbgemm", "onednn")  # uint8 x int8 kernels that may add pairs in int16
@@ -283,8 +283,7 @@ class TorchInt8Model(nn.Module):
     def _build(self, integer_model: IntegerModel) -> None:
         self.grids: dict[str, tuple[float, int]] = {"input": (self.in_scale, self.in_zp)}  # output (S, Z) per layer
         for layer in integer_model.layers:
-            d = layer.describe()
-            self.grids[layer.name] = (float(d.get("out_scale", d.get("in_scale"))), int(d.get("out_zp", d.get("in_zp"))))
+            self.grids[layer.name] = (float(layer.out_scale), int(layer.out_zp))  # every layer kind has them
             key = layer.name.replace(".", "_")
             if isinstance(layer, QConv2d):
                 self.ops[key] = self._conv(layer)
@@ -403,80 +402,3 @@ def to_torch_int8(integer_model: IntegerModel, engine: str = "auto") -> TorchInt
     eval mode and computes on int8/uint8 tensors; see ``TorchInt8Model``.
     """
     return TorchInt8Model(integer_model, engine).eval()
-
-
-@dataclass(frozen=True)
-class CodeAgreement:
-    """Two integer engines on the same uint8 input codes (Eq. 69).
-
-    top1_agreement        : fraction of images with the same arg-max output code
-    exact_output_fraction : fraction of output codes that are identical
-    max_lsb_diff          : largest |difference| of output codes
-    """
-
-    n: int
-    top1_agreement: float
-    exact_output_fraction: float
-    max_lsb_diff: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def code_agreement(a: np.ndarray, b: np.ndarray) -> CodeAgreement:
-    """Compare two (N, classes) integer outputs code by code (e.g. qlearn's engine vs PyTorch int8)."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"outputs must both be (N, classes) of the same shape, got {a.shape} and {b.shape}")
-    if not (np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)):
-        raise TypeError(f"outputs must be integer codes, got {a.dtype} and {b.dtype}")
-    diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
-    return CodeAgreement(
-        n=int(a.shape[0]),
-        top1_agreement=float((a.argmax(1) == b.argmax(1)).mean()),
-        exact_output_fraction=float((diff == 0).mean()),
-        max_lsb_diff=int(diff.max()),
-    )
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Wall-clock times of repeated calls, in milliseconds: median, 95th percentile, min and count."""
-
-    median_ms: float
-    p95_ms: float
-    min_ms: float
-    repeats: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _positive_int(v: Any, name: str, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
-
-
-def measure_latency(fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 2,
-                    min_seconds: float = 0.0) -> Latency:
-    """Call ``fn()`` ``warmup`` times untimed, then time it ``repeats`` times (more while the timed total
-    is below ``min_seconds``); median and 95th percentile with ``time.perf_counter``."""
-    if not callable(fn):
-        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
-    repeats = _positive_int(repeats, "repeats", 1)
-    warmup = _positive_int(warmup, "warmup", 0)
-    if isinstance(min_seconds, bool) or not isinstance(min_seconds, numbers.Real) or min_seconds < 0:
-        raise ValueError(f"min_seconds must be a number >= 0, got {min_seconds!r}")
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    total = 0.0
-    while len(times) < repeats or (total < min_seconds and len(times) < 100 * repeats):
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        times.append(dt)
-        total += dt
-    ms = 1000.0 * np.asarray(times)
-    return Latency(float(np.median(ms)), float(np.percentile(ms, 95)), float(ms.min()), len(times))

@@ -4,21 +4,11 @@
 those integers to PyTorch's int8 engines. This module hands the very same integers -- the int8
 weights, int32 biases, per-channel scales, zero points and clamps that ``qlearn.convert.convert`` wrote
 down -- to ONNX, the exchange format most runtimes read, as a graph of ONNX's quantized operators
-("QOperator" form). Nothing is re-quantized by another tool: each initializer below is one of qlearn's
-arrays.
+("QOperator" form). Nothing is re-quantized by another tool: each initializer is one of qlearn's arrays.
 
-    IntegerModel layer   ONNX nodes (uint8 activations, shape NCHW, batch size free)
-    QConv2d              QLinearConv (x, S1, Z1, w, S2 (Cout,), Z2, S3, Z3, bias int32)  [+ Clip]
-    QLinear              Unsqueeze -> 1x1 QLinearConv -> Flatten  (a linear layer is a 1x1 conv)  [+ Clip]
-    QAdd                 com.microsoft QLinearAdd (a, Sa, Za, b, Sb, Zb, S, Z)             [+ Clip]
-    QGlobalAvgPool       pool="exact": Cast int32 -> ReduceSum -> Add floor(HW/2) -> Div HW -> Clip -> Cast
-                         (Eq. 35 in integer ops; uint8 codes are >= 0, so C division is the floor);
-                         pool="qlinear": com.microsoft QLinearGlobalAveragePool (the mean rounded half to even)
-    QRequantize          DequantizeLinear -> QuantizeLinear                              [+ Clip]
-
-A clamp [act_min, act_max] narrower than [0, 255] (ReLU / ReLU6, Eq. 37) is an exact ``Clip`` on the
-uint8 codes. Padding holds the input zero point (QLinearConv pads with x_zero_point, Eq. 38);
-qlearn's "same" padding is ONNX's ``auto_pad="SAME_UPPER"`` (the larger half after, as TensorFlow).
+``qlearn.onnx_graph`` says how each layer becomes ONNX nodes (and why the weights are stored as uint8
+by default); this module builds and checks the whole graph (``to_onnx``, ``save_onnx``), opens it in
+an ONNX Runtime session (``to_onnx_runtime``) and compares the runtime's codes with qlearn's (``compare``).
 
 What a runtime does differently from qlearn's kernels (each at most 1 LSB, measured by ``compare``):
 
@@ -28,23 +18,14 @@ What a runtime does differently from qlearn's kernels (each at most 1 LSB, measu
   headroom (Eq. 34);
 * "qlinear" pooling rounds a tie mean (e.g. 2.5) to even, Eq. 35 rounds it away from zero.
 
-The weights, and why they are stored as uint8 by default (``weights="uint8"``). x86 CPUs multiply
-uint8 activations by int8 weights with AVX2 ``vpmaddubsw``, which adds *pairs* of products in int16
-and saturates (Eq. 75): 2 * 255 * 127 = 64770 > 32767. ONNX Runtime's U8S8 kernels use it on CPUs
-without VNNI (this project's AMD EPYC) and ``vpdpbusd`` (exact) on CPUs with AVX-512 VNNI -- the same
-graph would then give different codes on different machines. Storing each int8 weight as the uint8
-code w + 128 with zero point 128 represents exactly the same numbers (S2 (w + 128 - 128) = S2 w) but
-selects ONNX Runtime's U8U8 kernels, which widen both operands to 16 bits before multiplying: no
-x86 instruction adds uint8 x uint8 pairs with saturation, so the sums are exact int32 (Eq. 25) on AVX2,
-AVX-512, VNNI and AMX alike, with no session option to remember. ``weights="int8"`` keeps the
-original int8 weights (U8S8): then ``session_options(x64_quant_precision=True)`` sets ONNX Runtime's
-``session.x64quantprecision=1``, with which its AVX2 / AVX-512 (non-VNNI) U8S8 kernels sum exactly
-(measured: the same codes as the uint8 graph); without it the U8S8 graph saturates on AVX2 (``compare``
-shows tens of LSB).
+Weights: ``weights="uint8"`` (default) selects ONNX Runtime's U8U8 kernels, exact on every x86 CPU;
+``weights="int8"`` (U8S8) is exact only with ``session_options(x64_quant_precision=True)``, which sets
+``session.x64quantprecision=1``; without it the U8S8 graph saturates int16 pair sums on AVX2 (Eq. 75;
+``compare`` shows tens of LSB).
 
-Bit-exact export (``requant="fixedpoint"``). The QLinear operators above are what a deployment tool
-writes, and their float32 requantization drifts by a few LSB over a deep model. ``requant="fixedpoint"``
-instead writes each conv / linear as ConvInteger (U8U8, exact int32 sums) + int32 bias, and every
+Bit-exact export (``requant="fixedpoint"``). The QLinear operators (``qlearn.onnx_graph``) are what a
+deployment tool writes, and their float32 requantization drifts by a few LSB over a deep model.
+``requant="fixedpoint"`` instead writes each conv / linear as ConvInteger (U8U8, exact int32 sums) + int32 bias, and every
 requantization (conv, linear, add, requantize) as qlearn's fixed-point MBQM in ONNX int64 operators
 (Mul, Div, Where, Sign, Abs, Clip, Cast; ``qlearn.onnx_fixedpoint``): the same integers as qlearn's engine,
 bit for bit, on every x86 CPU. It takes ``weights="uint8"`` only (ONNX Runtime's ConvInteger accepts a
@@ -60,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from qlearn import onnx_fixedpoint as fx
-from qlearn.integer import IntegerModel, QAdd, QConv2d, QGlobalAvgPool, QLinear, QRequantize, _padding
-from qlearn.latency import CodeAgreement, code_agreement
+from qlearn._checks import check_bool, check_int
+from qlearn.agreement import Agreement, code_agreement
+from qlearn.integer_model import IntegerModel
+from qlearn.onnx_graph import MS_DOMAIN, OPSET, Graph, emit_layer, layer_model
 
 __all__ = [
     "require_onnx", "to_onnx", "save_onnx", "session_options", "OnnxInt8Model", "to_onnx_runtime",
@@ -72,8 +54,6 @@ __all__ = [
 WEIGHT_FORMATS = ("uint8", "int8")
 POOL_FORMATS = ("exact", "qlinear")
 REQUANT_MODES = ("float", "fixedpoint")  # QLinear ops (float32 M) or qlearn's fixed point (bit-exact)
-OPSET = 17  # ONNX default domain; QLinearConv (opset 10), ReduceSum with axes as input (13), Clip on uint8 (12)
-MS_DOMAIN = "com.microsoft"  # QLinearAdd, QLinearGlobalAveragePool: ONNX Runtime's contrib operators
 
 
 def require_onnx() -> tuple[Any, Any]:
@@ -115,102 +95,6 @@ def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-class _Graph:
-    """Collects nodes and initializers; ``const`` names a numpy array, ``node`` adds one operator."""
-
-    def __init__(self, onnx: Any) -> None:
-        self.onnx, self.nodes, self.inits, self._n = onnx, [], [], 0
-
-    def const(self, name: str, array: np.ndarray) -> str:
-        self.inits.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], output: str, *, domain: str = "", **attrs: Any) -> str:
-        self._n += 1
-        self.nodes.append(self.onnx.helper.make_node(op, inputs, [output], name=f"{op}_{self._n}", domain=domain,
-                                                     **attrs))
-        return output
-
-
-def _scale(v: float) -> np.ndarray:
-    return np.asarray(v, dtype=np.float32)  # () float32: ONNX's scales are float32
-
-
-def _clip(g: _Graph, x: str, out: str, act_min: int, act_max: int) -> str:
-    """Exact clamp of uint8 codes to [act_min, act_max] (Eq. 37); no node when the range is all of uint8."""
-    if act_min <= 0 and act_max >= 255:
-        return g.node("Identity", [x], out)
-    lo = g.const(f"{out}__min", np.asarray(act_min, dtype=np.uint8))
-    hi = g.const(f"{out}__max", np.asarray(act_max, dtype=np.uint8))
-    return g.node("Clip", [x, lo, hi], out)
-
-
-def _conv_weights(g: _Graph, name: str, w_q: np.ndarray, weights: str) -> tuple[str, str]:
-    """int8 weights (Cout, ...) -> initializers (w, w_zero_point (Cout,)); see the module docstring."""
-    w = np.asarray(w_q, dtype=np.int8)
-    if weights == "uint8":  # w + 128 in [0, 255], zero point 128: the same reals S2 (q - 128) = S2 w
-        wq = (w.astype(np.int16) + 128).astype(np.uint8)
-        zp = np.full(w.shape[0], 128, dtype=np.uint8)
-    else:
-        wq, zp = w, np.zeros(w.shape[0], dtype=np.int8)
-    return g.const(f"{name}__w", wq), g.const(f"{name}__w_zp", zp)
-
-
-def _conv_node(g: _Graph, layer: QConv2d | QLinear, x: str, out: str, weights: str, *, conv2d: bool,
-               requant: str = "float") -> str:
-    w = np.asarray(layer.w_q)
-    if not conv2d:  # (Out, In) -> (Out, In, 1, 1): a linear layer is a 1x1 convolution
-        w = w[:, :, None, None]
-    attrs = _conv_attrs(layer, w, conv2d)
-    if requant == "fixedpoint":
-        return fx.conv_integer(g, layer, x, w, attrs, out)
-    w_name, w_zp = _conv_weights(g, layer.name, w, weights)
-    w_scale = np.broadcast_to(np.asarray(layer.w_scale, dtype=np.float32), (w.shape[0],)).copy()  # (Cout,) float32
-    inputs = [
-        x, g.const(f"{layer.name}__x_scale", _scale(layer.in_scale)),
-        g.const(f"{layer.name}__x_zp", np.asarray(layer.in_zp, dtype=np.uint8)),
-        w_name, g.const(f"{layer.name}__w_scale", w_scale), w_zp,
-        g.const(f"{layer.name}__y_scale", _scale(layer.out_scale)),
-        g.const(f"{layer.name}__y_zp", np.asarray(layer.out_zp, dtype=np.uint8)),
-        g.const(f"{layer.name}__bias", np.asarray(layer.bias_q, dtype=np.int32)),  # int32 on S1 S2 (Eq. 24)
-    ]
-    y = g.node("QLinearConv", inputs, f"{layer.name}__conv", **attrs)
-    return _clip(g, y, out, int(layer.act_min), int(layer.act_max))
-
-
-def _conv_attrs(layer: QConv2d | QLinear, w: np.ndarray, conv2d: bool) -> dict[str, Any]:
-    """kernel_shape, strides, group and padding of a (QLinear or Integer) conv node."""
-    attrs: dict[str, Any] = {"kernel_shape": list(w.shape[2:])}
-    if conv2d:
-        sh, sw = (layer.stride, layer.stride) if isinstance(layer.stride, numbers.Integral) else layer.stride
-        attrs.update(strides=[int(sh), int(sw)], group=int(layer.groups))
-        if layer.padding == "same":
-            attrs["auto_pad"] = "SAME_UPPER"  # TensorFlow SAME: the larger half after (qlearn.integer._padding)
-        else:
-            top, bottom, left, right = _padding(layer.padding, (10**6, 10**6), tuple(w.shape[2:]), (1, 1))
-            attrs["pads"] = [top, left, bottom, right]  # ONNX order: begins (H, W), then ends (H, W)
-    return attrs
-
-
-def _pool(g: _Graph, layer: QGlobalAvgPool, x: str, out: str, pool: str, hw: int | None) -> str:
-    """Global average pool; ``out`` is (N, C, 1, 1) uint8 (the graph flattens it where a layer output is due)."""
-    if pool == "qlinear":
-        s, z = g.const(f"{out}__s", _scale(layer.scale)), g.const(f"{out}__z", np.asarray(layer.zero_point, np.uint8))
-        y = g.node("QLinearGlobalAveragePool", [x, s, z, s, z], f"{out}__mean", domain=MS_DOMAIN, channels_last=0)
-        return _clip(g, y, out, int(layer.act_min), int(layer.act_max))
-    if hw is None:
-        raise ValueError(f"layer {layer.name!r}: the global average pool needs a 4-D (N, C, H, W) input")
-    acc = g.node("Cast", [x], f"{out}__i32", to=g.onnx.TensorProto.INT32)  # (N, C, H, W) int32, 0..255
-    acc = g.node("ReduceSum", [acc, g.const(f"{out}__axes", np.asarray([2, 3], np.int64))], f"{out}__sum",
-                 keepdims=1)  # A = sum q <= 255 HW (Eq. 35)
-    acc = g.node("Add", [acc, g.const(f"{out}__half", np.asarray(hw // 2, np.int32))], f"{out}__plus")
-    acc = g.node("Div", [acc, g.const(f"{out}__hw", np.asarray(hw, np.int32))], f"{out}__div")  # A >= 0: floor
-    lo, hi = max(int(layer.act_min), 0), min(int(layer.act_max), 255)
-    acc = g.node("Clip", [acc, g.const(f"{out}__lo", np.asarray(lo, np.int32)),
-                          g.const(f"{out}__hi", np.asarray(hi, np.int32))], f"{out}__clip")
-    return g.node("Cast", [acc], out, to=g.onnx.TensorProto.UINT8)
-
-
 def _requant(requant: Any, weights: str) -> str:
     requant = _choice(requant, "requant", REQUANT_MODES)
     if requant == "fixedpoint" and weights != "uint8":
@@ -228,48 +112,6 @@ def _spatial_sizes(model: IntegerModel, input_shape: tuple[int, ...] | None) -> 
         raise ValueError(f"input_shape must be a tuple of positive integers such as (1, 1, 16, 16), got {shape!r}")
     x0 = np.full(tuple(shape), model.input_qparams.zero_point, dtype=np.uint8)
     return {name: v.shape for name, v in model.layer_outputs(x0).items()}
-
-
-def _emit(g: _Graph, layer: Any, ins: list[str], four_d: dict[str, str], weights: str, pool: str,
-          hw: int | None, requant: str = "float") -> None:
-    """Append the nodes of one layer reading tensors ``ins``; its output tensor is named as the layer."""
-    name = layer.name
-    ins4 = [four_d.get(i, i) for i in ins]
-    if isinstance(layer, QConv2d):
-        _conv_node(g, layer, ins4[0], name, weights, conv2d=True, requant=requant)
-    elif isinstance(layer, QLinear):
-        x = ins4[0]
-        if x == ins[0]:  # a 2-D (N, In) tensor: make it (N, In, 1, 1)
-            x = g.node("Unsqueeze", [x, g.const(f"{name}__axes", np.asarray([2, 3], np.int64))], f"{name}__x4")
-        y = _conv_node(g, layer, x, f"{name}__y4", weights, conv2d=False, requant=requant)
-        g.node("Flatten", [y], name, axis=1)  # (N, Out, 1, 1) -> (N, Out)
-    elif isinstance(layer, QAdd) and requant == "fixedpoint":
-        fx.add_fixedpoint(g, layer, ins4[0], ins4[1], name)
-    elif isinstance(layer, QAdd):
-        def c(v: Any, nm: str, dt: Any) -> str:
-            return g.const(f"{name}__{nm}", np.asarray(v, dtype=dt))
-        y = g.node("QLinearAdd", [ins4[0], c(layer.a_scale, "sa", np.float32), c(layer.a_zp, "za", np.uint8),
-                                  ins4[1], c(layer.b_scale, "sb", np.float32), c(layer.b_zp, "zb", np.uint8),
-                                  c(layer.out_scale, "s", np.float32), c(layer.out_zp, "z", np.uint8)],
-                   f"{name}__add", domain=MS_DOMAIN)
-        _clip(g, y, name, int(layer.act_min), int(layer.act_max))
-    elif isinstance(layer, QGlobalAvgPool):
-        four_d[name] = _pool(g, layer, ins4[0], f"{name}__4d", pool, hw)
-        g.node("Flatten", [four_d[name]], name, axis=1)  # (N, C): IntegerModel's pool output
-    elif isinstance(layer, QRequantize):
-        if np.dtype(layer.out_dtype) != np.uint8 or not 0 <= int(layer.in_zp) <= 255:
-            raise ValueError(f"layer {name!r} requantizes {layer.in_zp}-centred codes to {np.dtype(layer.out_dtype)}; "
-                             "the export takes uint8 codes in and out")
-        if requant == "fixedpoint":  # qlearn's integer requantization, no float
-            fx.requantize_fixedpoint(g, layer, ins4[0], name)
-            return
-        r = g.node("DequantizeLinear", [ins4[0], g.const(f"{name}__si", _scale(layer.in_scale)),
-                                        g.const(f"{name}__zi", np.asarray(layer.in_zp, np.uint8))], f"{name}__r")
-        y = g.node("QuantizeLinear", [r, g.const(f"{name}__so", _scale(layer.out_scale)),
-                                      g.const(f"{name}__zo", np.asarray(layer.out_zp, np.uint8))], f"{name}__q")
-        _clip(g, y, name, int(layer.act_min), int(layer.act_max))
-    else:
-        raise TypeError(f"layer {name!r} is a {type(layer).__name__}, which the ONNX export does not know")
 
 
 def to_onnx(integer_model: IntegerModel, *, weights: str = "uint8", pool: str = "exact",
@@ -291,17 +133,16 @@ def to_onnx(integer_model: IntegerModel, *, weights: str = "uint8", pool: str = 
     weights = _choice(weights, "weights", WEIGHT_FORMATS)
     pool = _choice(pool, "pool", POOL_FORMATS)
     requant = _requant(requant, weights)
-    if not isinstance(all_outputs, bool):
-        raise TypeError(f"all_outputs must be True or False, got {all_outputs!r}")
+    all_outputs = check_bool(all_outputs, "all_outputs")
     sizes = _spatial_sizes(model, input_shape)
     h = onnx.helper
-    g = _Graph(onnx)
+    g = Graph(onnx)
     four_d: dict[str, str] = {}  # pooled layer name -> its (N, C, 1, 1) tensor
     outputs: list[str] = []
     for layer in model.layers:
         in_shape = sizes.get(layer.inputs[0])
         hw = int(in_shape[2] * in_shape[3]) if in_shape is not None and len(in_shape) == 4 else None
-        _emit(g, layer, list(layer.inputs), four_d, weights, pool, hw, requant)
+        emit_layer(g, layer, list(layer.inputs), four_d, weights, pool, hw, requant)
         if all_outputs or layer is model.layers[-1]:
             outputs.append(layer.name)
     u8 = onnx.TensorProto.UINT8
@@ -350,17 +191,15 @@ def save_onnx(proto: Any, path: str | Path) -> Path:
 def session_options(*, threads: int = 1, x64_quant_precision: bool = True) -> Any:
     """ONNX Runtime session options for repeatable integer results and timings.
 
-    threads: intra-op threads (1 = what ``qlearn.latency`` measures); no inter-op parallelism.
+    threads: intra-op threads (1 = what the deployment lesson and benchmarks time); no inter-op parallelism.
     x64_quant_precision: ``session.x64quantprecision=1`` -- U8S8 kernels on AVX2 / AVX-512 without
     VNNI use exact 16-bit products instead of the saturating int16 pair sums (Eq. 75). Irrelevant for
     ``weights="uint8"`` graphs (already exact), needed for ``weights="int8"`` to be exact everywhere.
     Graph optimizations stay on: they fuse and reorder nodes, not the integer arithmetic.
     """
     _, ort = require_onnx()
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
-    if not isinstance(x64_quant_precision, bool):
-        raise TypeError(f"x64_quant_precision must be True or False, got {x64_quant_precision!r}")
+    threads = check_int(threads, "threads", minimum=1)
+    x64_quant_precision = check_bool(x64_quant_precision, "x64_quant_precision")
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
@@ -432,29 +271,9 @@ class OnnxInt8Model:
 
     def _one_layer(self, layer: Any, arrays: list[np.ndarray]) -> tuple[Any, list[str]]:
         onnx, ort = require_onnx()
-        proto = _layer_graph(onnx, layer, arrays, self.weights, self.pool, self.requant)
+        proto = layer_model(onnx, layer, arrays, self.weights, self.pool, self.requant)
         sess = ort.InferenceSession(proto.SerializeToString(), self.options, providers=["CPUExecutionProvider"])
         return sess, [i.name for i in sess.get_inputs()]
-
-
-def _layer_graph(onnx: Any, layer: Any, arrays: list[np.ndarray], weights: str, pool: str,
-                 requant: str = "float") -> Any:
-    """A one-layer graph reading the layer's inputs from graph inputs "in0" (and "in1" for an add)."""
-    h = onnx.helper
-    g = _Graph(onnx)
-    ins = [f"in{i}" for i in range(len(arrays))]
-    hw = int(arrays[0].shape[2] * arrays[0].shape[3]) if arrays[0].ndim == 4 else None
-    _emit(g, layer, ins, {}, weights, pool, hw, requant)
-    rank = 2 if isinstance(layer, (QLinear, QGlobalAvgPool)) else arrays[0].ndim  # of the layer's output
-    u8 = onnx.TensorProto.UINT8
-    graph = h.make_graph(g.nodes, "qlearn_one_layer",
-                         [h.make_tensor_value_info(x, u8, ["N", *a.shape[1:]]) for x, a in zip(ins, arrays)],
-                         [h.make_tensor_value_info(layer.name, u8, [None] * rank)], initializer=g.inits)
-    proto = h.make_model(graph, producer_name="qlearn",
-                         opset_imports=[h.make_opsetid("", OPSET), h.make_opsetid(MS_DOMAIN, 1)])
-    proto.ir_version = 8
-    onnx.checker.check_model(proto)
-    return proto
 
 
 def to_onnx_runtime(integer_model: IntegerModel, **kwargs: Any) -> OnnxInt8Model:
@@ -472,8 +291,8 @@ class LayerComparison:
 
     name: str
     kind: str
-    alone: CodeAgreement
-    end_to_end: CodeAgreement
+    alone: Agreement
+    end_to_end: Agreement
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "alone": self.alone.to_dict(),
@@ -484,10 +303,10 @@ def _flat(a: np.ndarray) -> np.ndarray:
     return np.asarray(a).reshape(a.shape[0], -1)
 
 
-def compare(integer_model: IntegerModel, runtime: OnnxInt8Model, x_q: np.ndarray) -> tuple[CodeAgreement, list[LayerComparison]]:
+def compare(integer_model: IntegerModel, runtime: OnnxInt8Model, x_q: np.ndarray) -> tuple[Agreement, list[LayerComparison]]:
     """ONNX Runtime vs qlearn's engine on the same uint8 codes: (end-to-end output, per-layer rows).
 
-    Each row compares (N, -1)-flattened codes with ``qlearn.latency.code_agreement`` (Eq. 69; for a conv
+    Each row compares (N, -1)-flattened codes with ``qlearn.agreement.code_agreement`` (Eq. 69; for a conv
     layer its "top-1" is the arg-max over all positions, a curiosity; for the classifier the class).
     """
     model = _check_model(integer_model)

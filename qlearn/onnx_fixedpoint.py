@@ -92,7 +92,7 @@ def conv_integer(g: Any, layer: Any, x: str, w: np.ndarray, attrs: dict, out: st
     """A QConv2d / QLinear (as a 1x1 conv) in integer ops; ``w`` (Cout, Cin/groups, kh, kw) int8.
 
     ConvInteger pads with x_zero_point (Eq. 38) and takes only a scalar weight zero point in ONNX
-    Runtime: the uint8 codes w + 128 with zero point 128 are that (module docstring of onnx_export).
+    Runtime: the uint8 codes w + 128 with zero point 128 are that (module docstring of onnx_graph).
     """
     w_u8 = (np.asarray(w, dtype=np.int16) + 128).astype(np.uint8)  # (Cout, ...) in [1, 255]
     acc = g.node("ConvInteger", [x, g.const(f"{layer.name}__w", w_u8),

@@ -8,8 +8,8 @@ MobileNet weights (whose channels differ by orders of magnitude) lose most (Eq. 
 
 This module writes no second quantized model: ``post_training_quantize`` is ``prepare_qat`` with BN
 frozen from step 0 (``freeze_bn_step=0``: the fold uses the trained moving averages, Eq. 62), followed
-by ``calibrate``, and the result is the same ``QATMobileNet`` in eval mode -- so ``qlearn.convert``
-turns a PTQ model into an integer model exactly as it does a QAT one.
+by ``calibrate``, and the result is the same fake-quant model (``FakeQuantMobileNet``) that QAT trains,
+in eval mode -- so ``qlearn.convert`` turns a PTQ model into an integer model exactly as it does a QAT one.
 
 Activation ranges in calibration are the running min/max over the calibration batches (no EMA: every
 batch is equally trusted, and nothing is being trained).
@@ -24,11 +24,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from qlearn.qat import QATConfig, QATMobileNet, prepare_qat
+from qlearn.qat import FakeQuantMobileNet, prepare_qat
+from qlearn.qat_layers import QATConfig
+from qlearn.train import evaluate
 
 __all__ = ["calibrate", "post_training_quantize", "PTQ_METHODS", "ptq_sweep"]
 
-# method name -> (per_channel, weight_range)
+#: method name -> (per_channel, weight_range): the weight scheme, then the range rule by its short name
+#: in ``qlearn.ranges`` ("minmax" = min/max, Eq. 53; "mse" = MSE-optimal, Eq. 54).
 PTQ_METHODS: dict[str, tuple[bool, str]] = {
     "per_tensor_minmax": (False, "minmax"),
     "per_tensor_mse": (False, "mse"),
@@ -56,40 +59,40 @@ def _check_positive(value: Any, name: str, allow_none: bool = False) -> int | No
 
 @torch.no_grad()
 def calibrate(
-    model: QATMobileNet, images: torch.Tensor, *, batch_size: int = 64, num_batches: int | None = 8,
+    model: FakeQuantMobileNet, images: torch.Tensor, *, batch_size: int = 64, num_batches: int | None = 8,
     progress: bool = False,
-) -> QATMobileNet:
+) -> FakeQuantMobileNet:
     """Set every activation range of ``model`` from calibration images, in place (returns it in eval mode).
 
     Runs the first ``num_batches`` batches of ``batch_size`` images (None = all) through the model
     in eval mode (batch norm frozen, weights fake-quantized) with every ``ActFakeQuant`` observing the
-    running min/max of its *float* input and passing it through unquantized; previous ranges are
-    discarded. Fixed ranges (the input's) are kept.
+    running min/max of its *float* input and passing it through unquantized (its ``start_calibration``
+    / ``stop_calibration``); previous ranges are discarded. Fixed ranges (the input's) are kept.
     """
-    if not isinstance(model, QATMobileNet):
-        raise TypeError(f"model must be a QATMobileNet (from prepare_qat or post_training_quantize), got {type(model).__name__}")
+    if not isinstance(model, FakeQuantMobileNet):
+        raise TypeError("model must be a fake-quant model, FakeQuantMobileNet (formerly QATMobileNet; from "
+                        f"prepare_qat or post_training_quantize), got {type(model).__name__}")
     images = _check_images(images)
     batch_size = _check_positive(batch_size, "batch_size")
     num_batches = _check_positive(num_batches, "num_batches", allow_none=True)
-    quants = [q for _, q in model.quantizers() if not q.fixed]
+    quants = [q for _, q in model.quantizers()]
     model.eval()
     for q in quants:
-        q.count.zero_()
-        q.calibrating = True
+        q.start_calibration()  # a fixed range (the input's) is kept
     try:
         starts = list(range(0, images.shape[0], batch_size))[:num_batches]
         for i in tqdm(starts, desc="calibrate", disable=not progress, leave=False):
             model(images[i : i + batch_size])
     finally:
         for q in quants:
-            q.calibrating = False
+            q.stop_calibration()
     return model
 
 
 def post_training_quantize(
     model: nn.Module, calib_images: torch.Tensor, config: QATConfig | None = None, *,
     batch_size: int = 64, num_batches: int | None = 8, progress: bool = False,
-) -> QATMobileNet:
+) -> FakeQuantMobileNet:
     """Quantize a trained float MobileNet after training: a fake-quant model in eval mode.
 
     1. ``prepare_qat(model, config)`` with ``freeze_bn_step=0``: BN folded with its moving averages
@@ -119,8 +122,6 @@ def ptq_sweep(
     methods are keys of ``PTQ_METHODS`` ('per_tensor_minmax', 'per_tensor_mse', 'per_channel_minmax',
     'per_channel_mse'); activations are 8-bit throughout. A tqdm bar counts the configurations.
     """
-    from qlearn.train import evaluate
-
     if isinstance(bits, (int, str)) or not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in bits):
         raise TypeError(f"bits must be a sequence of integers, e.g. (8, 6, 5, 4), got {bits!r}")
     unknown = [m for m in methods if m not in PTQ_METHODS]

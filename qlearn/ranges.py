@@ -25,6 +25,8 @@ from qlearn.qparams import QParams, integer_limits, qparams_from_range
 #: ``mse_range`` evaluates 2 * grid candidate ranges, each a fake-quantization of the whole tensor;
 #: 1024 (16x the default) is already far finer than the error curve needs.
 GRID_MAX = 1024
+#: float64 values one step of the ``mse_range`` search fake-quantizes at once (candidates x tensor).
+_SEARCH_VALUES = 2**20
 
 
 def _channels_first(x: np.ndarray, axis: int | None) -> np.ndarray:
@@ -83,8 +85,10 @@ def mse_range(
 
     Candidates are the min/max range shrunk by alpha in (0, 1]: [alpha lo, alpha hi]. A coarse pass over
     ``grid`` values of alpha is refined by a second pass of ``grid`` values around the best one, for
-    every channel at once; ``grid`` is an integer in [2, GRID_MAX = 1024]. Parameters are nudged exactly as ``qparams_from_range`` does, so the
-    returned range gives the reported error when passed to it.
+    every channel at once; ``grid`` is an integer in [2, GRID_MAX = 1024]. Parameters are nudged exactly
+    as ``qparams_from_range`` does, so the returned range gives the reported error when passed to it.
+    Errors are float64 means over each channel. This is the one MSE search of qlearn: ``weight_qparams``
+    (and through it QAT's ``qlearn.fake_quant.weight_scale``, Eq. 54) call it.
     """
     bits = check_bits(bits)
     symmetric = check_bool(symmetric, "symmetric")
@@ -95,24 +99,28 @@ def mse_range(
     hi0 = np.maximum(flat.max(axis=1), 0.0)
     integer_limits(bits, signed=signed, narrow_range=narrow_range)  # validates the flags' combination
 
-    def error_at(alpha: np.ndarray) -> np.ndarray:  # alpha (C,) -> mse (C,)
-        qp = qparams_from_range(
-            alpha * lo0, alpha * hi0, bits, symmetric=symmetric, signed=signed,
+    C, M = flat.shape
+    # candidates per pass: K * C * M float64 values are fake-quantized at once (<= 8 MiB per array)
+    chunk = max(1, _SEARCH_VALUES // (C * M))
+
+    def errors_at(alphas: np.ndarray) -> np.ndarray:  # alphas (K, C) -> mse (K, C)
+        K = alphas.shape[0]
+        qp = qparams_from_range(  # one (S, Z) per (candidate, channel): K * C "channels"
+            (alphas * lo0).ravel(), (alphas * hi0).ravel(), bits, symmetric=symmetric, signed=signed,
             narrow_range=narrow_range, axis=0,
         )
-        return np.mean((fake_quantize(flat, qp) - flat) ** 2, axis=1)
+        tiled = np.broadcast_to(flat, (K, C, M)).reshape(K * C, M)  # every candidate sees the whole tensor
+        return np.mean((fake_quantize(tiled, qp) - tiled) ** 2, axis=1).reshape(K, C)
 
-    def search(alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # alphas (K, C)
-        errs = np.stack([error_at(a) for a in alphas])  # (K, C)
-        best = np.argmin(errs, axis=0)
-        return alphas[best, np.arange(flat.shape[0])], errs.min(axis=0)
+    def search(alphas: np.ndarray) -> np.ndarray:  # alphas (K, C) -> best alpha (C,)
+        errs = np.concatenate([errors_at(alphas[k : k + chunk]) for k in range(0, alphas.shape[0], chunk)])
+        return alphas[np.argmin(errs, axis=0), np.arange(C)]
 
-    C = flat.shape[0]
-    coarse = np.repeat(np.linspace(1.0 / grid, 1.0, grid)[:, None], C, axis=1)
-    best, _ = search(coarse)
+    coarse = np.repeat(np.linspace(1.0 / grid, 1.0, grid)[:, None], C, axis=1)  # (grid, C)
+    best = search(coarse)
     step = 1.0 / grid
     fine = np.clip(best[None, :] + np.linspace(-step, step, grid)[:, None], step / grid, 1.0)
-    best, _ = search(np.concatenate([fine, best[None, :]]))
+    best = search(np.concatenate([fine, best[None, :]]))  # the coarse winner stays a candidate
     return _out(best * lo0, best * hi0, ax)
 
 

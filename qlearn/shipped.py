@@ -12,6 +12,8 @@ one command, from fixed seeds, and shipped with qlearn:
         lesson-mobilenet_v1-...-seed0.pt                  the lesson model (notebooks 03-06), weights only
         lesson-mobilenet_v1-...-seed0.<result>.json       what the lessons' explorers measure on it:
                                                           accuracy sweeps, short QAT runs (plain numbers)
+        transformer-vit-...-seed0.pt, .<result>.json      notebook 11's transformer and its sweeps
+                                                          (``--only transformer`` remakes just these)
         pipeline/quick-mobilenet_v2-seed0-<key>/          the quick pipeline run notebook 09 reads
             report.json, report.md, float.pt, qat4.pt, qat8.pt
 
@@ -35,7 +37,8 @@ from pathlib import Path
 
 from qlearn.train import file_sha256
 
-__all__ = ["SHIPPED_DIR", "ShippedFileError", "shipped_dir", "shipped_file", "shipped_folder", "manifest", "build", "main"]
+__all__ = ["SHIPPED_DIR", "ShippedFileError", "shipped_dir", "shipped_file", "shipped_folder", "manifest", "build",
+           "build_transformer", "main"]
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 MANIFEST = "MANIFEST.json"
@@ -111,14 +114,14 @@ def shipped_folder(name: str) -> Path | None:
 # ---------------------------------------------------------------------------------- building
 def _lesson_results(directory: Path, progress: bool) -> list[Path]:
     """Train the lesson model into ``directory`` and fill its results the way notebooks 03-06 read them."""
-    from qlearn.widgets.outliers import model_ranges_explorer
     from qlearn.lessons.lesson_model import lesson_model
-    from qlearn.widgets.per_channel import layer_explorer
+    from qlearn.lessons.outliers_ranges import range_rule_curves
+    from qlearn.lessons.per_channel import weight_bits_curves
     from qlearn.widgets.qat import activation_ranges_during_training, ema_explorer, ptq_vs_qat, ptq_vs_qat_explorer
 
     lesson = lesson_model(directory=directory, progress=progress, retrain=True)
-    layer_explorer(lesson)  # each explorer computes (and caches) what its notebook shows
-    model_ranges_explorer(lesson, progress=progress)
+    weight_bits_curves(lesson)  # notebook 03's accuracy sweep, stored under the name its explorer reads
+    range_rule_curves(lesson, progress=progress)  # notebook 04's
     activation_ranges_during_training(lesson, progress=progress)
     ema_explorer(lesson)
     ptq_vs_qat(lesson, progress=progress)
@@ -127,10 +130,74 @@ def _lesson_results(directory: Path, progress: bool) -> list[Path]:
 
 
 def _quick_run(directory: Path, progress: bool) -> Path:
-    from qlearn.pipeline import cached_quick_run
+    from qlearn.pipeline.runs import cached_quick_run
 
     report = cached_quick_run("mobilenet_v2", 0, directory=directory / "pipeline", progress=progress, rerun=True)
     return Path(report["directory"])
+
+
+def _transformer_results(directory: Path, progress: bool) -> list[Path]:
+    """Train notebook 11's transformer into ``directory`` and fill the results its prose quotes."""
+    from qlearn.lessons.transformer import granularity_results, smoothquant_results, weight_only_results
+    from qlearn.transformer import transformer_model
+
+    tm = transformer_model(directory=directory, progress=progress, retrain=True)  # one thread, fixed seed
+    granularity_results(tm)
+    weight_only_results(tm)
+    smoothquant_results(tm)
+    return sorted(directory.glob(f"{tm.path.stem}*"))
+
+
+TRANSFORMER_PREFIX = "transformer-"  # the shipped files of notebook 11's transformer start with this
+
+
+def _machine() -> dict:
+    import numpy
+    import torch
+
+    return {"cpu": _cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "threads": 1}
+
+
+def build_transformer(out: str | Path | None = None, *, progress: bool = True) -> Path:
+    """Remake only the transformer's files in ``out`` (default qlearn/shipped) and their manifest entries.
+
+    Every other shipped file keeps its bytes and its manifest entry; the transformer's old files are
+    replaced, each written beside and renamed, and the manifest is rewritten last (atomically), with
+    the machine that made them under ``parts["transformer"]``.
+    """
+    from qlearn.files import atomic_path, atomic_write_text
+
+    out = SHIPPED_DIR if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = manifest(out) or {"format": FORMAT, "made_by": "python -m qlearn ship-models", "machine": _machine(), "files": {}}
+    scratch = Path(tempfile.mkdtemp(prefix=".shipped-transformer-", dir=out.parent))
+    old_env = {k: os.environ.get(k) for k in ("QLEARN_SHIPPED_DIR", "QLEARN_CACHE_DIR")}
+    try:
+        os.environ["QLEARN_SHIPPED_DIR"] = str(scratch / "none")
+        os.environ["QLEARN_CACHE_DIR"] = str(scratch)
+        made = _transformer_results(scratch, progress)
+        files = {k: v for k, v in data["files"].items() if not k.startswith(TRANSFORMER_PREFIX)}
+        for f in made:
+            with atomic_path(out / f.name) as tmp:
+                shutil.copy2(f, tmp)
+            files[f.name] = {"sha256": file_sha256(out / f.name), "bytes": (out / f.name).stat().st_size}
+        stale = [k for k in data["files"] if k.startswith(TRANSFORMER_PREFIX) and k not in files]
+        data["files"] = dict(sorted(files.items()))
+        data.setdefault("parts", {})["transformer"] = {
+            "made_by": "python -m qlearn ship-models --only transformer", "machine": _machine()}
+        atomic_write_text(out / MANIFEST, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        for k in stale:
+            (out / k).unlink(missing_ok=True)
+    finally:
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(scratch, ignore_errors=True)
+    _VERIFIED.clear()
+    return out
 
 
 SHIPPED_RUN_FILES = ("report.json", "report.md", "float.pt", "qat4.pt", "qat8.pt")
@@ -150,6 +217,8 @@ def build(out: str | Path | None = None, *, progress: bool = True) -> Path:
         os.environ["QLEARN_SHIPPED_DIR"] = str(scratch / "none")  # build from nothing shipped
         os.environ["QLEARN_CACHE_DIR"] = str(scratch)
         for f in _lesson_results(scratch, progress):  # the lesson model trains on one thread
+            shutil.copy2(f, stage / f.name)
+        for f in _transformer_results(scratch, progress):  # notebook 11's transformer, one thread
             shutil.copy2(f, stage / f.name)
         run = _quick_run(scratch, progress)  # the quick preset runs on one thread too
         (stage / "pipeline" / run.name).mkdir(parents=True)
@@ -206,8 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="folder to write (default: qlearn/shipped)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--only", choices=("transformer",), default=None,
+                        help="remake only these files (the other shipped files keep their bytes and hashes)")
     args = parser.parse_args(argv)
-    out = build(args.out, progress=not args.no_progress)
+    if args.only == "transformer":
+        out = build_transformer(args.out, progress=not args.no_progress)
+    else:
+        out = build(args.out, progress=not args.no_progress)
     files = manifest(out)["files"]
     print(f"wrote {len(files)} files ({sum(e['bytes'] for e in files.values()) / 1024:.0f} KiB) to {out}")
     return 0

@@ -19,16 +19,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qlearn.integer import IntegerModel, QAdd, QConv2d, QGlobalAvgPool, QLinear, requant_multiplier
+from qlearn.agreement import code_agreement
+from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear
+from qlearn.integer_model import IntegerModel
+from qlearn.layer_integers import requant_multiplier
 from qlearn.latency import (
     Int16SaturationWarning,
-    Latency,
     choose_engine,
-    code_agreement,
-    measure_latency,
     pair_sum_bounds,
     to_torch_int8,
 )
+from qlearn.timing import Latency, measure
 from qlearn.qparams import QParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,7 +325,7 @@ def test_code_agreement_rejects_bad_input():
 
 def test_measure_latency_counts_calls_and_orders_statistics():
     calls = []
-    lat = measure_latency(lambda: calls.append(1), repeats=7, warmup=3)
+    lat = measure(lambda: calls.append(1), repeats=7, warmup=3)
     assert isinstance(lat, Latency)
     assert len(calls) == 10 and lat.repeats == 7
     assert 0 <= lat.min_ms <= lat.median_ms <= lat.p95_ms
@@ -333,10 +334,11 @@ def test_measure_latency_counts_calls_and_orders_statistics():
 
 def test_measure_latency_rejects_bad_input():
     with pytest.raises(TypeError, match="callable"):
-        measure_latency(3)
-    for kw in ({"repeats": 0}, {"repeats": 2.5}, {"warmup": -1}, {"repeats": True}, {"min_seconds": -1.0}):
-        with pytest.raises(ValueError):
-            measure_latency(lambda: None, **kw)
+        measure(3)
+    for kw, error in (({"repeats": 0}, ValueError), ({"repeats": 2.5}, TypeError), ({"warmup": -1}, ValueError),
+                      ({"repeats": True}, TypeError), ({"min_seconds": -1.0}, ValueError)):
+        with pytest.raises(error, match=next(iter(kw))):
+            measure(lambda: None, **kw)
 
 
 def test_control_values_move_every_kind_of_control():

@@ -31,7 +31,7 @@ def _images(lesson, n: float) -> float:
 # ---------------------------------------------------------------------------------- shipped models
 def test_shipped_files_are_verified_and_loaded_by_default(lesson):
     assert lesson.path == shipped_file(lesson.path.name)
-    from qlearn.widgets.pipeline import pipeline_run
+    from qlearn.lessons.mobilenet_pipeline import pipeline_run
     from qlearn.shipped import shipped_dir
 
     run = pipeline_run(progress=False)
@@ -54,7 +54,8 @@ def test_03_folded_spreads_are_a_few_fold_and_the_classifier_is_narrowest(lesson
 
 
 def test_03_layer_explorer_claims(lesson):
-    from qlearn.widgets.per_channel import layer_explorer, quantized_weight_accuracy
+    from qlearn.lessons.per_channel import quantized_weight_accuracy
+    from qlearn.widgets.per_channel import layer_explorer
 
     ex = layer_explorer(lesson)
     ex.controls["bits"].value = 4
@@ -84,7 +85,8 @@ def test_03_q_seed_channels_narrowest_gains_most_widest_nothing():
     """03 cell-02 answer: per-channel leaves the widest channel's MSE unchanged (ratio 1.0) and helps
     the narrowest most, about 6.7^2 ~ 45-fold (Eq. 19); cell-04 answer: at 3 bits channel 1 keeps
     one grid point per-tensor, 6 per-channel."""
-    from qlearn.widgets.per_channel import compare_schemes, seed_channel_weights, seed_channels_explorer
+    from qlearn.lessons.per_channel import compare_schemes, seed_channel_weights
+    from qlearn.widgets.per_channel import seed_channels_explorer
 
     cmp = compare_schemes(seed_channel_weights(2000), bits=8)
     assert cmp.mse_ratio[2] == pytest.approx(1.0) and int(np.argmax(cmp.mse_ratio)) == 1
@@ -108,7 +110,7 @@ def range_rules(lesson):
 
 
 def test_04_outlier_table_numbers():
-    from qlearn.widgets.outliers import compare_ranges, with_outliers
+    from qlearn.lessons.outliers_ranges import compare_ranges, with_outliers
 
     x, out = with_outliers(20_000, magnitude=20.0, fraction=0.001, seed=0)
     rows = {r.method: r for r in compare_ranges(x, 4, outliers=out, symmetric=True)}
@@ -174,8 +176,9 @@ def test_04_outlier_try_this_fraction_and_bits():
 
 # ---------------------------------------------------------------------------------- notebook 05
 def test_05_fold_claims(lesson):
-    from qlearn.widgets.bn_fold import bn_fold_explorer, bn_layer, bn_layer_names, fold_spread
-    from qlearn.widgets.per_channel import widest_spread_layer
+    from qlearn.lessons.bn_folding import bn_layer, bn_layer_names, fold_spread
+    from qlearn.lessons.per_channel import widest_spread_layer
+    from qlearn.widgets.bn_fold import bn_fold_explorer
 
     spreads = [fold_spread(bn_layer(lesson, n)) for n in bn_layer_names(lesson)]
     assert max(s.spread_after for s in spreads) < 10  # "a few-fold"
@@ -199,8 +202,8 @@ def test_05_fold_claims(lesson):
 
 
 def test_05_fold_order_claims(lesson):
-    from qlearn.widgets.bn_fold import bn_layer, compare_fold_order
-    from qlearn.widgets.per_channel import widest_spread_layer
+    from qlearn.lessons.bn_folding import bn_layer, compare_fold_order
+    from qlearn.lessons.per_channel import widest_spread_layer
 
     layer = bn_layer(lesson, widest_spread_layer(lesson))
     for bits in range(2, 9):  # "mismatch / quantization MSE between about a half and 1; the wrong order
@@ -214,8 +217,8 @@ def test_05_fold_order_claims(lesson):
 def test_05_q_fold_is_exact_to_float32_rounding(lesson):
     """05 cell-02 answer: the folds and bn(conv(x)) vs the folded conv agree to float32 rounding —
     differences of about 1e-6 or less on outputs of size about 4."""
-    from qlearn.widgets.bn_fold import bn_layer, fold_vs_torch
-    from qlearn.widgets.per_channel import widest_spread_layer
+    from qlearn.lessons.bn_folding import bn_layer, fold_vs_torch
+    from qlearn.lessons.per_channel import widest_spread_layer
 
     c = fold_vs_torch(bn_layer(lesson, widest_spread_layer(lesson)))
     assert c.weight_diff < 1e-6 and c.bias_diff < 1e-6
@@ -295,7 +298,7 @@ def test_06_q_ema_decay_0999_does_not_catch_up(lesson):
 # ---------------------------------------------------------------------------------- notebook 09
 @pytest.fixture(scope="module")
 def run():
-    from qlearn.widgets.pipeline import pipeline_run
+    from qlearn.lessons.mobilenet_pipeline import pipeline_run
 
     return pipeline_run(progress=False)
 
@@ -319,7 +322,7 @@ def test_09_results_claims(run):
 
 
 def test_09_layer_agreement_claims(run):
-    from qlearn.widgets.pipeline import layer_agreement
+    from qlearn.lessons.mobilenet_pipeline import layer_agreement
 
     rows = layer_agreement(run)
     assert max(a.max_lsb_alone for a in rows) <= 1  # "each layer alone within one LSB"

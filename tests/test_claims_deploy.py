@@ -18,8 +18,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from qlearn import deploy  # noqa: E402
-from qlearn.integer import QConv2d, QLinear  # noqa: E402
-from qlearn.latency import code_agreement, cpu_int8_features, to_torch_int8  # noqa: E402
+from qlearn.integer_layers import QConv2d, QLinear  # noqa: E402
+from qlearn.agreement import code_agreement  # noqa: E402
+from qlearn.latency import cpu_int8_features, to_torch_int8  # noqa: E402
 from qlearn.onnx_export import to_onnx, to_onnx_runtime  # noqa: E402
 
 
@@ -27,7 +28,7 @@ from qlearn.onnx_export import to_onnx, to_onnx_runtime  # noqa: E402
 def lesson():
     from qlearn.convert import quantize_input
     from qlearn.data import load_digits_data
-    from qlearn.widgets.pipeline import pipeline_run
+    from qlearn.lessons.mobilenet_pipeline import pipeline_run
 
     run = pipeline_run(progress=False)
     data = load_digits_data(run.report["config"]["input_size"])

@@ -16,8 +16,9 @@ import pytest
 
 import qlearn
 from qlearn.distributions import DISTRIBUTIONS, sample
-from qlearn.widgets.basics import clipping_curves, error_vs_bits, quantize_explorer
-from qlearn.widgets.skip import RATIO_GRID, _ratio_sweep, add_experiment, concat_experiment
+from qlearn.lessons.error_analysis import clipping_curves, error_vs_bits
+from qlearn.widgets.basics import quantize_explorer
+from qlearn.lessons.skip_connections import RATIO_GRID, add_experiment, concat_experiment, ratio_sweep
 
 INT16_MAX = np.iinfo(np.int16).max
 
@@ -298,7 +299,7 @@ def test_02_ema_clips_a_little():
 def test_07_requantized_add_within_half_a_step():
     """07 cell-04: the re-quantized add is within S3/2 = 0.039 of the sum of the dequantized inputs
     (and of the real sum up to the inputs' own rounding); adding codes naively is far off."""
-    from qlearn.widgets.skip import naive_add
+    from qlearn.lessons.skip_connections import naive_add
 
     a = np.array([-1.0, -0.3, 0.0, 0.45, 1.2])
     b = np.array([2.0, -3.1, 0.7, 0.0, -1.5])
@@ -320,7 +321,7 @@ def test_07_requantized_add_within_half_a_step():
 def test_07_integer_add_bit_exact_with_20_bits_naive_off_everywhere():
     """07 cell-10 item 1 and Summary: with 20 bits of headroom the integer add is bit-exact at every
     ratio 1/32..32; the naive sum is far off at every ratio, 1 included."""
-    sweep = _ratio_sweep(20, 4096, 0)
+    sweep = ratio_sweep(20, 4096, 0)
     assert np.all(sweep["exact"] == 1.0) and np.all(sweep["worst"] == 0)
     for r in RATIO_GRID:
         assert np.abs(add_experiment(float(r)).naive_lsb_error).max() > 10, r
@@ -340,7 +341,7 @@ def test_07_larger_scale_gets_one_half():
 def test_07_little_headroom_off_by_at_most_one(left_shift):
     """07 cell-10 item 3 and Summary: with little headroom outputs start to differ, never by more than
     one LSB."""
-    sweep = _ratio_sweep(left_shift, 4096, 0)
+    sweep = ratio_sweep(left_shift, 4096, 0)
     assert sweep["exact"].min() < 1.0 and sweep["worst"].max() == 1
 
 

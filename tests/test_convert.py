@@ -9,11 +9,13 @@ import torch.nn.functional as F
 
 from qlearn.data import load_digits_data
 from qlearn.fixedpoint import Int32OverflowError, multiplier_value
-from qlearn.integer import IntegerModel, QAdd, QConv2d, QGlobalAvgPool, QLinear
+from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear
+from qlearn.integer_model import IntegerModel
 from qlearn.models import mobilenet_v1, mobilenet_v2
 from qlearn.ptq import post_training_quantize
 from qlearn.qat import QATConfig, QATConvBN, prepare_qat, set_quantization
-from qlearn.convert import Agreement, compare, convert, quantize_input
+from qlearn.agreement import Agreement
+from qlearn.convert import compare, convert, quantize_input
 from qlearn.train import TrainConfig, evaluate, predict, seed_everything, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*:UserWarning")

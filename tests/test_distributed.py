@@ -169,7 +169,7 @@ def test_torchrun_two_processes(torchrun_run, images, tmp_path):
     assert "World size 2" in (torchrun_run / "report.md").read_text()
     assert sorted(p.name for p in torchrun_run.parent.iterdir()) == ["run"]  # rank 0 wrote it, nothing else left
     # one process, the same global batch (16 = 2 x 8), the same data and epochs
-    from qlearn.pipeline import _parse
+    from qlearn.pipeline.cli import _parse
 
     cfg, _, _, _ = _parse([*QUICK_ARGS, "--data-dir", str(images), "--out", str(tmp_path / "x"), "--no-progress"])
     single = write_run(replace(cfg, ptq_bits=(8,), qat_bits=(8,)), tmp_path / "single")

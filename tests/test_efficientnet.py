@@ -253,7 +253,8 @@ def test_equalization_refuses_unfolded_models(model):
 def test_integer_engine_matches_fake_quant(model, folded, crops):
     """W8A8 per-channel: the converted 224x224 network, on two crops: top-1 identical, and every conv
     layer fed the fake-quant model's codes of its input within 1 LSB of the fake-quant output codes."""
-    from qlearn.convert import Int32OverflowError, compare, convert
+    from qlearn.convert import compare, convert
+    from qlearn.fixedpoint import Int32OverflowError
     from qlearn.imagenet_ptq import layer_lsb, ptq_variant
 
     calib = preprocess(sample_crops(3, 224, seed=1)[0])

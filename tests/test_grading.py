@@ -29,10 +29,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from qlearn.grading import checks, grader, strip
-from qlearn.grading.checks import PROFILES, get_task, run_check, tasks, time_limit
+from qlearn.grading import checks, events, generated, grader, judge, outcomes, spec, strip, timeouts
+from qlearn.grading.checks import PROFILES, run_check
+from qlearn.grading.exercises._common import floats_close, ints_equal
 from qlearn.grading.notebook import code_cells, exercise_of, load_namespace, read_notebook, tasks_for
-from qlearn.grading.tasks import EXERCISES, floats_close, ints_equal
+from qlearn.grading.tasks import EXERCISES, get_task, tasks
+from qlearn.grading.timeouts import time_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "notebooks" / "exercises" / "solutions"
@@ -232,7 +234,7 @@ def test_modifying_the_input_in_place_is_reported():
 
 
 def test_time_limit_nests_and_restores_the_outer_limit():
-    with pytest.raises(checks.CheckTimeout):
+    with pytest.raises(timeouts.CheckTimeout):
         with time_limit(0.4):
             with time_limit(5.0):
                 pass  # the inner limit ends; the outer one must still fire
@@ -329,6 +331,20 @@ BUGS = [
                   "    from qlearn.fixedpoint import quantize_multiplier as qm\n"
                   "    m0, sh = qm(in_scale * np.asarray(w_scale) / out_scale)\n"
                   "    return m0, sh, 0, (min(255, round(6 / out_scale)) if relu6 else 255)", None, "the code Z"),
+    ("task_12_1", "def pack_int4(codes):\n    c = np.asarray(codes).astype(np.int64)\n"
+                  "    c = np.append(c, 0) if c.size % 2 else c\n"
+                  "    return (c[0::2] | ((c[1::2] & 15) << 4)).astype(np.uint8)", None, "mask with & 0xF"),
+    ("task_12_2", "def unpack_int4(packed, count):\n    b = packed.astype(np.int64)\n"
+                  "    return np.stack([b & 15, b >> 4], axis=1).reshape(-1)[:count].astype(np.int8)", None, "v - 16"),
+    ("task_13_1", "def per_token_quantize(x, bits):\n    m = np.abs(x).max(axis=0)\n"
+                  "    s = np.where(m > 0, m / (2 ** (bits - 1) - 1), 1.0)\n"
+                  "    q = np.clip(np.rint(x / s[None, :]), -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)\n"
+                  "    return q.astype(np.int64), s", None, "ROW"),
+    ("task_13_2", "def smoothquant_scales(x_absmax, w_absmax, alpha):\n"
+                  "    if len(x_absmax) != len(w_absmax) or not 0 <= alpha <= 1: raise ValueError('bad input')\n"
+                  "    with np.errstate(divide='ignore', invalid='ignore'):\n"
+                  "        s = x_absmax ** (1 - alpha) / w_absmax ** alpha\n"
+                  "    return np.where((x_absmax > 0) & (w_absmax > 0), s, 1.0)", None, "exponent"),
 ]
 
 
@@ -383,11 +399,11 @@ def _via_the_grader(task_id, fn, examples):
     from qlearn.grading import wire
 
     task = tasks()[task_id]
-    cases = checks.cases_for(task, "grade", examples)
-    raw = checks.collect_outcomes(task, fn, {g: [c.args for c in cs] for g, cs in cases.items()}, 60,
-                                  encode=wire.encode_outcome)
-    report = grader._decode_report(wire.loads(wire.dumps({"r": raw}))["r"])
-    return checks.grade_report(task, report, cases, examples=examples, time_limit_s=60)
+    cases = generated.cases_for(task, "grade", examples)
+    raw = outcomes.collect_outcomes(task, fn, {g: [c.args for c in cs] for g, cs in cases.items()}, 60,
+                                    encode=wire.encode_outcome)
+    report = events.decode_report(wire.loads(wire.dumps({"r": raw}))["r"])
+    return outcomes.grade_report(task, report, cases, examples=examples, time_limit_s=60)
 
 
 SPLIT = [(b[0], b[1]) for b in BUGS] + ALTERNATIVES
@@ -495,6 +511,10 @@ ROUNDING = {
                            "        m0s.append(0 if e < -31 else m0); shifts.append(0 if e < -31 else e)\n"
                            "    hi = min(255, out_zp + RND(6.0 / out_scale)) if relu6 else 255\n"
                            "    return np.array(m0s), np.array(shifts), max(0, out_zp) if relu6 else 0, hi", {"half_up", "half_away"}),
+    "task_13_1": ("np", "def per_token_quantize(x, bits):\n    m = np.abs(x).max(axis=1)\n"
+                        "    s = np.where(m > 0, m / (2 ** (bits - 1) - 1), 1.0)\n"
+                        "    q = np.clip(RND(x / s[:, None]), -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)\n"
+                        "    return q.astype(np.int64), s", {"half_even", "python_round"}),
 }
 RULE_NAMES = ("half_up", "half_even", "half_away", "floor", "python_round")
 
@@ -571,13 +591,13 @@ def test_every_registered_mistake_is_wrong_and_scores_below_full_marks():
 
 def test_diagnosis_skips_broken_mistakes_and_explains_no_right_answer():
     task = tasks()["task_7_2"]
-    case = checks.Case("a tie", (5, 1))
-    boom = checks.Bug("a broken mistake", lambda x, e: 1 / 0, "never shown")
+    case = spec.Case("a tie", (5, 1))
+    boom = spec.Bug("a broken mistake", lambda x, e: 1 / 0, "never shown")
     t = __import__("dataclasses").replace(task, bugs=(boom,) + task.bugs)
-    assert checks.diagnose(t, case, 3, 3) is None  # a right answer: no mistake explains it
-    hint = checks.diagnose(t, case, 3, 2)  # 2.5 -> 2: half to even (half up gives 3, the right answer here)
+    assert judge.diagnose(t, case, 3, 3) is None  # a right answer: no mistake explains it
+    hint = judge.diagnose(t, case, 3, 2)  # 2.5 -> 2: half to even (half up gives 3, the right answer here)
     assert hint is not None and "half to even" in hint and "never shown" not in hint
-    assert checks.diagnose(t, case, 3, 17) is None
+    assert judge.diagnose(t, case, 3, 17) is None
 
 
 # ==================================================================================== comparison properties

@@ -29,8 +29,12 @@ from exercise_notebooks import SOL_EX1, base, cell_defining, insert_after, repla
 import numpy as np
 import pytest
 
-from qlearn.grading import checks, grader, sandbox, wire
-from qlearn.grading.checks import Outcome, cases_for, grade_report, tasks
+from qlearn.grading import checks, events, grader, outcomes, sandbox, spec, wire
+from qlearn.grading.generated import cases_for
+from qlearn.grading.judge import Outcome
+from qlearn.grading.outcomes import grade_report
+from qlearn.grading.report import csv_safe
+from qlearn.grading.tasks import tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 STU_EX1 = ROOT / "notebooks" / "exercises" / "ex1_quantize_dequantize.ipynb"
@@ -117,10 +121,11 @@ def _patcher():
     """A wrong quantize_tensor that patches the checker in its own process: _run_case, judge,
     grade_report, every task's oracle and comparison, PROFILES."""
     code = (
-        "import qlearn.grading.checks as c, qlearn.grading.tasks as t\n"
-        "c._run_case = lambda *a, **k: None\n"
-        "c.judge = lambda *a, **k: None\n"
-        "c.grade_report = lambda *a, **k: None\n"
+        "import qlearn.grading.checks as c, qlearn.grading.judge as j, qlearn.grading.outcomes as o\n"
+        "import qlearn.grading.tasks as t\n"
+        "c.run_case = j.run_case = lambda *a, **k: None\n"
+        "j.judge = lambda *a, **k: None\n"
+        "o.grade_report = lambda *a, **k: None\n"
         "c.PROFILES['grade'] = 1\n"
         "for task in t.TASKS.values():\n"
         "    object.__setattr__(task, 'oracle', lambda *a: np.zeros(np.shape(a[0]), dtype=np.int64))\n"
@@ -524,8 +529,8 @@ def test_the_grader_refuses_folders_a_sandbox_could_read(tmp_path, monkeypatch):
 
 def test_csv_fields_a_spreadsheet_would_evaluate_are_escaped():
     for text in ("=1+1", "+A1", "-2", "@SUM(A1)", "\tx", "\rx"):
-        assert grader.csv_safe(text) == "'" + text
-    assert grader.csv_safe("alice") == "alice" and grader.csv_safe(3) == 3
+        assert csv_safe(text) == "'" + text
+    assert csv_safe("alice") == "alice" and csv_safe(3) == 3
 
 
 @needs_bwrap
@@ -629,10 +634,10 @@ def test_exceptions_cross_as_built_in_subclasses_with_a_message():
 
 
 def _report_from(task, fn, cases):
-    raw = checks.collect_outcomes(task, fn, {g: [c.args for c in cs] for g, cs in cases.items()}, 10,
-                                  encode=wire.encode_outcome)
+    raw = outcomes.collect_outcomes(task, fn, {g: [c.args for c in cs] for g, cs in cases.items()}, 10,
+                                    encode=wire.encode_outcome)
     encoded = wire.loads(wire.dumps(raw))
-    return grader._decode_report(encoded)
+    return events.decode_report(encoded)
 
 
 def test_grade_report_gives_the_same_points_as_run_check():
@@ -657,9 +662,9 @@ def test_forged_reports_score_zero():
     cases = cases_for(task, "grade", 10)
     forged = [
         None, "passed", {"points": 3}, {"first": "ok", "points": 3}, {"first": "ok", "groups": {"fixed": "passed"}},
-        {"first": "ok", "groups": {g: [] for g in checks.GROUPS}},
-        {"first": "ok", "groups": {g: [Outcome(value=np.zeros(1, np.int64))] * 100 for g in checks.GROUPS}},
-        {"first": "ok", "groups": {g: [{"points": 3}] * 100 for g in checks.GROUPS}},
+        {"first": "ok", "groups": {g: [] for g in spec.GROUPS}},
+        {"first": "ok", "groups": {g: [Outcome(value=np.zeros(1, np.int64))] * 100 for g in spec.GROUPS}},
+        {"first": "ok", "groups": {g: [{"points": 3}] * 100 for g in spec.GROUPS}},
         {"error": "all good", "status": "passed"},
     ]
     for report in forged:

@@ -17,24 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qlearn.fixedpoint import INT32_MAX, INT32_MIN, Int32OverflowError, quantize_multiplier
-from qlearn.integer import (
-    IntegerModel,
-    QAdd,
-    QConv2d,
-    QGlobalAvgPool,
-    QLinear,
-    QRequantize,
-    activation_range,
-    add,
-    add_multipliers,
-    avg_pool,
-    conv2d,
-    conv2d_accumulator,
-    linear,
-    quantize_bias,
-    requant_multiplier,
-    requantize,
-)
+from qlearn.integer import add, avg_pool, conv2d, conv2d_accumulator, linear, requantize
+from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear, QRequantize
+from qlearn.integer_model import IntegerModel
+from qlearn.layer_integers import activation_range, add_multipliers, quantize_bias, requant_multiplier
 from qlearn.qparams import QParams
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)

@@ -19,13 +19,14 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from qlearn import onnx_export as oe  # noqa: E402
-from qlearn.integer import (  # noqa: E402
-    IntegerModel, QAdd, QConv2d, QGlobalAvgPool, QLinear, QRequantize, activation_range, avg_pool,
-    conv2d_accumulator, quantize_bias, requant_multiplier,
-)
+from qlearn.integer import avg_pool, conv2d_accumulator  # noqa: E402
+from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear, QRequantize  # noqa: E402
+from qlearn.integer_model import IntegerModel  # noqa: E402
+from qlearn.layer_integers import activation_range, quantize_bias, requant_multiplier  # noqa: E402
 from qlearn import onnx_fixedpoint as fx  # noqa: E402
+from qlearn import onnx_graph as og  # noqa: E402
 from qlearn.fixedpoint import multiply_by_quantized_multiplier  # noqa: E402
-from qlearn.latency import code_agreement  # noqa: E402
+from qlearn.agreement import code_agreement  # noqa: E402
 from qlearn.qparams import QParams  # noqa: E402
 
 
@@ -209,7 +210,7 @@ def test_requantize_and_linear_on_a_2d_input():
 def shipped():
     from qlearn.convert import quantize_input
     from qlearn.data import load_digits_data
-    from qlearn.widgets.pipeline import pipeline_run
+    from qlearn.lessons.mobilenet_pipeline import pipeline_run
 
     run = pipeline_run(progress=False)
     size = run.report["config"]["input_size"]
@@ -241,7 +242,7 @@ def _mbqm_session(m0: np.ndarray, shift: np.ndarray):
     """A graph computing only qlearn.onnx_fixedpoint.mbqm on an (N, C) int64 input, per-channel (C,) constants."""
     from onnx import helper as h
 
-    g = oe._Graph(onnx)
+    g = og.Graph(onnx)
     fx.mbqm(g, "x", m0, shift, "y", shape=(-1,))
     i64 = onnx.TensorProto.INT64
     graph = h.make_graph(g.nodes, "mbqm", [h.make_tensor_value_info("x", i64, ["N", len(m0)])],

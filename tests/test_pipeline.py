@@ -137,7 +137,7 @@ TINY = replace(PRESETS["quick"], n_train=64, n_test=16, float_epochs=1, ptq_bits
 
 def _no_work(monkeypatch):
     """Make any data loading fail loudly: argument errors must come before the first stage."""
-    import qlearn.pipeline as P
+    import qlearn.pipeline.run as P
 
     def refuse(*args, **kwargs):
         raise AssertionError("the data stage ran before the arguments were checked")
@@ -184,7 +184,7 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path, capsys, monkeypatc
 def test_a_read_only_place_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     import errno
 
-    import qlearn.pipeline as P
+    import qlearn.pipeline.run as P
 
     _no_work(monkeypatch)
     if os.geteuid() != 0:  # a real read-only folder (root would ignore the permission bits)

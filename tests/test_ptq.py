@@ -10,7 +10,8 @@ from qlearn.bn_fold import fuse_conv_bn
 from qlearn.data import load_digits_data
 from qlearn.models import mobilenet_v1
 from qlearn.ptq import PTQ_METHODS, calibrate, post_training_quantize, ptq_sweep
-from qlearn.qat import QATConfig, QATConvBN, QATMobileNet, prepare_qat
+from qlearn.qat import FakeQuantMobileNet, prepare_qat
+from qlearn.qat_layers import QATConfig, QATConvBN
 from qlearn.train import TrainConfig, evaluate, seed_everything, train
 
 
@@ -29,7 +30,7 @@ def test_ptq_returns_eval_fake_quant_model_and_leaves_float_model_alone(trained)
     data, model, _ = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
     q = post_training_quantize(model, data.x_train, num_batches=2)
-    assert isinstance(q, QATMobileNet) and not q.training
+    assert isinstance(q, FakeQuantMobileNet) and not q.training
     assert all(qz.has_range for _, qz in q.quantizers())
     assert all(isinstance(m, QATConvBN) and m.freeze_step == 0 for m in q.modules() if isinstance(m, QATConvBN))
     for k, v in model.state_dict().items():
@@ -137,7 +138,7 @@ def test_ptq_is_deterministic(trained):
 def test_ptq_bad_inputs(trained):
     data, model, _ = trained
     imgs = data.x_train[:8]
-    with pytest.raises(TypeError, match="QATMobileNet"):
+    with pytest.raises(TypeError, match="FakeQuantMobileNet"):
         calibrate(model, imgs)
     q = prepare_qat(model)
     with pytest.raises(TypeError):

@@ -14,20 +14,9 @@ from torch import nn
 from qlearn.bn_fold import fuse_conv_bn
 from qlearn.integer import avg_pool
 from qlearn.models import ConvBNReLU, mobilenet_v1, mobilenet_v2
-from qlearn.qat import (
-    ActFakeQuant,
-    QATAdd,
-    QATAvgPool,
-    QATConfig,
-    QATConvBN,
-    QATInvertedResidual,
-    QATLinear,
-    QATMobileNet,
-    fake_quant_ste,
-    prepare_qat,
-    set_quantization,
-    weight_scale,
-)
+from qlearn.fake_quant import ActFakeQuant, fake_quant_ste, weight_scale
+from qlearn.qat import FakeQuantMobileNet, QATInvertedResidual, prepare_qat
+from qlearn.qat_layers import QATAdd, QATAvgPool, QATConfig, QATConvBN, QATLinear, set_quantization
 from qlearn.qparams import qparams_from_range
 from qlearn.quantize import fake_quantize
 from qlearn.ranges import EMARange, mse_range
@@ -472,7 +461,7 @@ def test_prepare_qat_structure_and_original_untouched(factory):
     model = factory(width=0.25, input_size=16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     qat = prepare_qat(model, QATConfig(weight_bits=4))
-    assert isinstance(qat, QATMobileNet) and qat.training
+    assert isinstance(qat, FakeQuantMobileNet) and qat.training
     n_conv = sum(isinstance(m, ConvBNReLU) for m in model.modules())
     assert sum(isinstance(m, QATConvBN) for m in qat.modules()) == n_conv
     n_res = sum(getattr(m, "use_res", False) for m in model.modules() if not isinstance(m, QATInvertedResidual))

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qlearn import saturation as sat
-from qlearn.integer import conv2d, linear, quantize_bias, requant_multiplier
+from qlearn.integer import conv2d, linear
+from qlearn.layer_integers import quantize_bias, requant_multiplier
 from qlearn.latency import cpu_int8_features
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)

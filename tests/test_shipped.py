@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qlearn import shipped as S
-from qlearn.widgets import per_channel as P
+from qlearn.lessons import lesson_model as P
 
 
 def _copy_shipped(tmp_path, monkeypatch):

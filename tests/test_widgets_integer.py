@@ -17,13 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qlearn.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
-from qlearn.integer import requant_multiplier
+from qlearn.layer_integers import requant_multiplier
 from qlearn.quantize import dequantize, fake_quantize
-from qlearn.widgets.integer_explorers import (
+from qlearn.lessons.integer_inference import (
     ROUNDING_LABELS,
-    ConvExplorer,
-    MultiplierExplorer,
-    RoundingExplorer,
     conv_three_ways,
     multiplier_error_curve,
     pair_saturation_on_this_cpu,
@@ -32,6 +29,7 @@ from qlearn.widgets.integer_explorers import (
     tiny_integer_model,
     zero_point_terms,
 )
+from qlearn.widgets.integer_explorers import ConvExplorer, MultiplierExplorer, RoundingExplorer, pair_saturation_figure
 
 SMALL = settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -369,5 +367,5 @@ def test_pair_saturation_on_this_cpu_follows_the_cpu_flags():
         else:
             assert close(row["x86_vs_emulated"]) or close(row["x86_vs_exact"]), row
     assert r.pair_sums.ndim == 1 and np.abs(r.pair_sums).max() == r.rows[2]["max_pair_sum"]
-    fig = r.figure()
+    fig = pair_saturation_figure(r)
     assert isinstance(fig, Figure) and len(fig.axes) == 2

@@ -20,11 +20,16 @@ from qlearn.error import error_breakdown, sqnr_db
 from qlearn.models import ConvBNReLU, mobilenet_v1
 from qlearn.qparams import qparams_from_range
 from qlearn.quantize import dequantize, fake_quantize, quantize
-from qlearn.ranges import EMARange, minmax_range, mse_range
+from qlearn.ranges import EMARange, minmax_range, mse_range, range_for, weight_qparams
 from qlearn.train import TrainConfig, evaluate, seed_everything, train
-from qlearn.widgets import outliers as O
-from qlearn.widgets import per_channel as P
-from qlearn.widgets import skip as K
+from qlearn.lessons import lesson_model as M
+from qlearn.lessons import outliers_ranges as O
+from qlearn.lessons import per_channel as P
+from qlearn.threads import one_thread
+from qlearn.widgets import outliers as OW
+from qlearn.widgets import per_channel as PW
+from qlearn.widgets import skip as KW
+from qlearn.lessons import skip_connections as K
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*:UserWarning")
@@ -32,14 +37,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation func
 
 # ---------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def tiny_lesson() -> P.LessonModel:
+def tiny_lesson() -> M.LessonModel:
     """A width-0.25 MobileNet v1 on 16x16 digits, trained 3 short epochs (about a second)."""
     data = load_digits_data(16).subset(300, 120)
     seed_everything(0)
     model = mobilenet_v1(width=0.25, input_size=16)
-    with P._one_thread():
+    with one_thread():
         train(model, data.x_train, data.y_train, TrainConfig(epochs=3, batch_size=32, lr=1e-2), progress=False)
-    return P.LessonModel.from_model(model, data)
+    return M.LessonModel.from_model(model, data)
 
 
 def _torch_fq_weights(w: np.ndarray, bits: int, per_channel: bool) -> torch.Tensor:
@@ -150,7 +155,7 @@ def test_channel_sqnr_db_oracle_zero_and_exact_channels():
 
 
 def test_seed_channels_explorer_follows_the_library():
-    ex = P.seed_channels_explorer(bits=3, n=500)
+    ex = PW.seed_channels_explorer(bits=3, n=500)
     png0, n0 = ex.image.value, dict(ex.numbers)
     assert n0["ch 1: grid points in its range (tensor / channel)"] == "1 / 6"  # 3 bits: [-3, 3] codes
     ex.controls["bits"].value = 8
@@ -166,15 +171,15 @@ def test_seed_channels_explorer_follows_the_library():
 
 # ---------------------------------------------------------------------------------- the lesson model
 def test_lesson_model_trains_once_caches_and_reloads_identically(tmp_path):
-    cfg = P.LessonConfig(width=0.25, input_size=8, epochs=1, batch_size=128)
-    a = P.lesson_model(cfg, directory=tmp_path / "a", progress=False)
-    assert P.lesson_model(cfg, directory=tmp_path / "a") is a  # same object within a process
+    cfg = M.LessonConfig(width=0.25, input_size=8, epochs=1, batch_size=128)
+    a = M.lesson_model(cfg, directory=tmp_path / "a", progress=False)
+    assert M.lesson_model(cfg, directory=tmp_path / "a") is a  # same object within a process
     assert a.path == tmp_path / "a" / f"{cfg.key}.pt" and a.path.is_file()
-    b = P.lesson_model(cfg, directory=tmp_path / "b", progress=False)  # trained again, elsewhere
+    b = M.lesson_model(cfg, directory=tmp_path / "b", progress=False)  # trained again, elsewhere
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)  # deterministic training
-    P._LESSONS.pop((cfg, str(tmp_path / "a")))
-    c = P.lesson_model(cfg, directory=tmp_path / "a")  # from the checkpoint now
+    M._LESSONS.pop((cfg, str(tmp_path / "a")))
+    c = M.lesson_model(cfg, directory=tmp_path / "a")  # from the checkpoint now
     assert c is not a and all(torch.equal(sa[k], c.model.state_dict()[k]) for k in sa)
     assert c.float_acc == a.float_acc
     assert set(c.layers) == set(a.layers) and "classifier" in c.layers
@@ -183,23 +188,23 @@ def test_lesson_model_trains_once_caches_and_reloads_identically(tmp_path):
 
 def test_lesson_model_bad_input():
     with pytest.raises(TypeError, match="LessonConfig"):
-        P.lesson_model({"arch": "mobilenet_v1"})
+        M.lesson_model({"arch": "mobilenet_v1"})
     with pytest.raises(ValueError, match="arch"):
-        P.LessonConfig(arch="resnet")
+        M.LessonConfig(arch="resnet")
     with pytest.raises(ValueError, match="epochs"):
-        P.LessonConfig(epochs=-1)
+        M.LessonConfig(epochs=-1)
     with pytest.raises(TypeError, match="directory"):
-        P.lesson_model(directory=3)
+        M.lesson_model(directory=3)
     with pytest.raises(TypeError, match="ImageData"):
-        P.LessonModel.from_model(mobilenet_v1(), data=None)
+        M.LessonModel.from_model(mobilenet_v1(), data=None)
 
 
 def test_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("QLEARN_CACHE_DIR", str(tmp_path / "q"))
-    assert P.cache_dir() == tmp_path / "q"
+    assert M.cache_dir() == tmp_path / "q"
     monkeypatch.delenv("QLEARN_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert P.cache_dir() == tmp_path / "qlearn"
+    assert M.cache_dir() == tmp_path / "qlearn"
 
 
 def test_folded_layers_are_the_folded_weights(tiny_lesson):
@@ -221,20 +226,20 @@ def test_weight_qparams_rules():
     rng = np.random.default_rng(2)
     w = rng.standard_t(3, size=(4, 200))
     for pc in (False, True):
-        qp = P.weight_qparams(w, 6, per_channel=pc)
+        qp = weight_qparams(w, 6, per_channel=pc)
         ref = (np.abs(w).max(axis=1) if pc else np.abs(w).max()) / 31
         np.testing.assert_allclose(qp.scale, ref)
         assert np.all(qp.zero_point == 0) and (qp.qmin, qp.qmax) == (-31, 31)
-    qp = P.weight_qparams(w, 6, per_channel=False, method="percentile 99")
+    qp = weight_qparams(w, 6, per_channel=False, method="percentile 99")
     assert qp.scale == pytest.approx(max(-np.percentile(w, 1), np.percentile(w, 99)) / 31)
     lo, hi = mse_range(w, 4, symmetric=True, signed=True, narrow_range=True)
-    assert P.weight_qparams(w, 4, per_channel=False, method="MSE-optimal").scale == pytest.approx(max(-lo, hi) / 7)
+    assert weight_qparams(w, 4, per_channel=False, method="MSE-optimal").scale == pytest.approx(max(-lo, hi) / 7)
     with pytest.raises(ValueError, match="method"):
-        P.weight_qparams(w, 4, per_channel=True, method="max")
+        weight_qparams(w, 4, per_channel=True, method="max")
     with pytest.raises(TypeError, match="per_channel"):
-        P.weight_qparams(w, 4, per_channel=1)
+        weight_qparams(w, 4, per_channel=1)
     with pytest.raises(ValueError, match="per-channel weights need"):
-        P.weight_qparams(w[0], 4, per_channel=True)
+        weight_qparams(w[0], 4, per_channel=True)
 
 
 def test_quantized_weight_accuracy_matches_pytorch_fake_quant_and_restores(tiny_lesson):
@@ -261,19 +266,19 @@ def test_cached_results_writes_once_and_reads_back(tiny_lesson, tmp_path):
         calls.append(1)
         return {"a": [0.5, 1 / 3]}
 
-    lesson = P.LessonModel(tiny_lesson.config, tiny_lesson.model, tiny_lesson.folded, tiny_lesson.data,
+    lesson = M.LessonModel(tiny_lesson.config, tiny_lesson.model, tiny_lesson.folded, tiny_lesson.data,
                            tiny_lesson.float_acc, tiny_lesson.layers, tmp_path / "m.pt")
-    assert P.cached_results(lesson, "test-v1", compute) == {"a": [0.5, 1 / 3]}
+    assert M.cached_results(lesson, "test-v1", compute) == {"a": [0.5, 1 / 3]}
     assert json.loads((tmp_path / "m.test-v1.json").read_text()) == {"a": [0.5, 1 / 3]}
-    lesson2 = P.LessonModel(lesson.config, lesson.model, lesson.folded, lesson.data, lesson.float_acc,
+    lesson2 = M.LessonModel(lesson.config, lesson.model, lesson.folded, lesson.data, lesson.float_acc,
                             lesson.layers, tmp_path / "m.pt")
-    assert P.cached_results(lesson2, "test-v1", compute) == {"a": [0.5, 1 / 3]} and len(calls) == 1
+    assert M.cached_results(lesson2, "test-v1", compute) == {"a": [0.5, 1 / 3]} and len(calls) == 1
     with pytest.raises(ValueError, match="file-name-safe"):
-        P.cached_results(lesson, "../x", compute)
+        M.cached_results(lesson, "../x", compute)
 
 
 def test_layer_explorer_numbers_follow_the_library(tiny_lesson):
-    ex = P.layer_explorer(tiny_lesson, layer="features.2.dw", bits=6)
+    ex = PW.layer_explorer(tiny_lesson, layer="features.2.dw", bits=6)
     png0, n0 = ex.image.value, dict(ex.numbers)
     ex.controls["bits"].value = 3
     assert ex.image.value != png0 and ex.numbers != n0
@@ -291,7 +296,7 @@ def test_layer_explorer_numbers_follow_the_library(tiny_lesson):
     assert ex.image.value != png1 and ex.numbers["layer"].startswith("features.0 (conv")
     assert P.widest_spread_layer(tiny_lesson) in tiny_lesson.layers
     with pytest.raises(ValueError, match="unknown layer"):
-        P.layer_explorer(tiny_lesson, layer="nope")
+        PW.layer_explorer(tiny_lesson, layer="nope")
 
 
 # ---------------------------------------------------------------------------------- notebook 04
@@ -314,23 +319,23 @@ def test_with_outliers_count_size_and_determinism():
 
 def test_range_rules_against_independent_references():
     x, _ = O.with_outliers(5000, magnitude=10.0, fraction=0.004, seed=1)
-    assert O.range_for(x, "min/max", 4) == (x.min(), x.max())
-    lo, hi = O.range_for(x, "percentile 99.9", 4)
+    assert range_for(x, "min/max", 4) == (x.min(), x.max())
+    lo, hi = range_for(x, "percentile 99.9", 4)
     assert (lo, hi) == pytest.approx((np.percentile(x, 0.1), np.percentile(x, 99.9)))
     # EMA oracle: the recursion of Eq. 16 written out over 40 consecutive batches
     batches = np.array_split(x, 40)
     elo, ehi = batches[0].min(), batches[0].max()
     for b in batches[1:]:
         elo, ehi = 0.9 * elo + 0.1 * b.min(), 0.9 * ehi + 0.1 * b.max()
-    assert O.range_for(x, "EMA of batch min/max", 4) == pytest.approx((elo, ehi))
-    lo, hi = O.range_for(x, "MSE-optimal", 4)
+    assert range_for(x, "EMA of batch min/max", 4) == pytest.approx((elo, ehi))
+    lo, hi = range_for(x, "MSE-optimal", 4)
     mse_opt = np.mean((fake_quantize(x, qparams_from_range(lo, hi, 4)) - x) ** 2)
     mse_mm = np.mean((fake_quantize(x, qparams_from_range(x.min(), x.max(), 4)) - x) ** 2)
     assert mse_opt <= mse_mm
     with pytest.raises(ValueError, match="unknown range method"):
-        O.range_for(x, "median", 4)
+        range_for(x, "median", 4)
     with pytest.raises(ValueError, match="batches"):
-        O.range_for(x, "EMA of batch min/max", 4, batches=0)
+        range_for(x, "EMA of batch min/max", 4, batches=0)
 
 
 def test_compare_ranges_errors_are_the_library_breakdown():
@@ -360,7 +365,7 @@ def test_outliers_coarsen_the_grid_for_the_bulk(magnitude, fraction, bits, seed)
 
 
 def test_outlier_explorer_follows_the_library():
-    ex = O.outlier_explorer(n=4000)
+    ex = OW.outlier_explorer(n=4000)
     png0 = ex.image.value
     # the default state teaches the lesson: min/max leaves the bulk a handful of levels
     assert ex.numbers["min/max: levels in the bulk"] <= 3
@@ -369,7 +374,7 @@ def test_outlier_explorer_follows_the_library():
     assert ex.image.value != png0
     x, mask = O.with_outliers(4000, 5.0, ex.controls["fraction"].value, 0)
     res = {r.method: r for r in O.compare_ranges(x, 4, outliers=mask, symmetric=True)}
-    for m in O.RANGE_METHODS:
+    for m in O.OUTLIER_METHODS:
         assert ex.numbers[f"{m}: scale S"] == res[m].qp.scale
         assert ex.numbers[f"{m}: clipping MSE"] == res[m].breakdown.clipping_mse
     ex.controls["symmetric"].value = False
@@ -413,7 +418,7 @@ def test_activation_ranges_and_accuracy_against_hooks_written_out(tiny_lesson):
 
 
 def test_model_ranges_explorer_follows_the_library(tiny_lesson):
-    ex = O.model_ranges_explorer(tiny_lesson, bits=4, bits_range=(2, 4), progress=False)
+    ex = OW.model_ranges_explorer(tiny_lesson, bits=4, bits_range=(2, 4), progress=False)
     png0 = ex.image.value
     for m in P.WEIGHT_METHODS:
         assert ex.numbers[f"accuracy, {m}"] == P.quantized_weight_accuracy(tiny_lesson, 4, per_channel=False, method=m)
@@ -425,9 +430,9 @@ def test_model_ranges_explorer_follows_the_library(tiny_lesson):
     ex.controls["bits"].value = 2
     assert ex.image.value != png1 and ex.numbers["bits"] == 2
     with pytest.raises(ValueError, match="view"):
-        O.model_ranges_explorer(tiny_lesson, view="biases", progress=False)
+        OW.model_ranges_explorer(tiny_lesson, view="biases", progress=False)
     with pytest.raises(ValueError, match="bits_range"):
-        O.model_ranges_explorer(tiny_lesson, bits=8, bits_range=(2, 4), progress=False)
+        OW.model_ranges_explorer(tiny_lesson, bits=8, bits_range=(2, 4), progress=False)
 
 
 # ---------------------------------------------------------------------------------- notebook 07
@@ -477,7 +482,7 @@ def test_add_experiment_bad_input():
 
 
 def test_integer_add_explorer_follows_the_library():
-    ex = K.integer_add_explorer(scale_ratio=4.0, n=1024)
+    ex = KW.integer_add_explorer(scale_ratio=4.0, n=1024)
     png0 = ex.image.value
     ex.controls["ratio"].value = 0.25
     assert ex.image.value != png0
@@ -515,7 +520,7 @@ def test_concat_requantize_against_written_out_rounding():
 
 
 def test_concat_explorer_follows_the_library():
-    ex = K.concat_explorer(range_ratio=8.0, n=1000)
+    ex = KW.concat_explorer(range_ratio=8.0, n=1000)
     png0 = ex.image.value
     e = K.concat_experiment(8.0, n=1000)
     assert ex.numbers["codes changed by double rounding"] == f"{100 * e.double_rounding_fraction:.2f} %"

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import qlearn.pipeline as P
+import qlearn.lessons.mobilenet_pipeline as L
+import qlearn.pipeline.runs as P
 import qlearn.widgets.pipeline as W
 from qlearn.convert import quantize_input
 from qlearn.models import ConvBNReLU
@@ -111,7 +112,7 @@ def test_loaded_models_reproduce_the_report(run):
 
 def test_results_and_logit_sqnr_against_an_independent_computation(run):
     rep = _report_on_disk(run)
-    res = W.results(run)
+    res = L.results(run)
     x = run.data.x_test
     with torch.no_grad():
         f = run.float_model(x).double().numpy()
@@ -129,7 +130,7 @@ def test_results_and_logit_sqnr_against_an_independent_computation(run):
     assert res["PTQ 4-bit per-tensor"] == rep["ptq"]["per_tensor_minmax"]["4"]
     assert res["PTQ 8-bit per-channel"] == rep["ptq"]["per_channel_minmax"]["8"]
     assert res["QAT 8-bit"] == rep["qat"]["8"] and "QAT 4-bit" not in res
-    md = W.results_markdown(run)
+    md = L.results_markdown(run)
     assert f"{100 * rep['integer']['acc']:.2f} %" in md and f"{rep['integer']['max_lsb_diff']} LSB" in md
     assert md.count("| 2 PTQ |") == 4
 
@@ -151,7 +152,7 @@ def _reference_layer(layer, inputs: list[np.ndarray]) -> np.ndarray:
 
 
 def test_layer_agreement_against_a_float64_reference(run):
-    rows = W.layer_agreement(run)
+    rows = L.layer_agreement(run)
     assert [r.name for r in rows] == [l.name for l in run.integer_model.layers]
     codes = {"input": quantize_input(run.qat8, run.data.x_test).astype(np.int64)}
     for row in rows:
@@ -261,7 +262,7 @@ def layers_explorer(run) -> W.IntegerLayerExplorer:
 def test_integer_layer_explorer_shares_match_the_codes(run, layers_explorer, index):
     e = layers_explorer
     e.controls["layer"].value = index
-    row = W.layer_agreement(run)[index]
+    row = L.layer_agreement(run)[index]
     assert e.numbers["identical codes, end to end"] == pytest.approx(np.mean(row.q_int == row.q_fake))
     assert e.numbers["identical codes, this layer alone"] == pytest.approx(np.mean(row.q_alone == row.q_fake))
     assert e.numbers["max |q_int - q_fake|, end to end (LSB)"] == int(np.abs(row.q_int - row.q_fake).max())
@@ -327,7 +328,7 @@ def test_bad_input_is_refused_with_a_clear_message(run, tmp_path):
     with pytest.raises(TypeError, match="run must be a PipelineRun"):
         W.pipeline_explorer("run")
     with pytest.raises(TypeError, match="run must be a PipelineRun"):
-        W.results({"float_acc": 1.0})
+        L.results({"float_acc": 1.0})
     with pytest.raises(ValueError, match="bits must be one of the run's weight bit widths"):
         W.pipeline_explorer(run, bits=6)
     with pytest.raises(ValueError, match="no integer layer named"):
@@ -335,9 +336,9 @@ def test_bad_input_is_refused_with_a_clear_message(run, tmp_path):
     with pytest.raises(ValueError, match="index 0..27"):
         W.integer_layer_explorer(run, layer=28)
     with pytest.raises(ValueError, match="images must be a positive integer"):
-        W.logit_comparison(run, images=0)
+        L.logit_comparison(run, images=0)
     with pytest.raises(ValueError, match="images must be a positive integer"):
-        W.layer_agreement(run, images=2.5)
+        L.layer_agreement(run, images=2.5)
     with pytest.raises(TypeError, match="matplotlib Figure"):
         W.show_figure(b"png")
     with pytest.raises(TypeError, match="cannot show another run"):

@@ -21,8 +21,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from qlearn.data import load_digits_data
 from qlearn.models import mobilenet_v1
 from qlearn.train import TrainConfig, seed_everything, train
-from qlearn.widgets import bn_fold as B
-from qlearn.widgets import per_channel as P
+from qlearn.lessons import bn_folding as B
+from qlearn.lessons import lesson_model as P
+from qlearn.threads import one_thread
+from qlearn.widgets import bn_fold as BW
 from qlearn.widgets import qat as Q
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
@@ -36,7 +38,7 @@ def tiny_lesson() -> P.LessonModel:
     data = load_digits_data(16).subset(300, 120)
     seed_everything(0)
     model = mobilenet_v1(width=0.25, input_size=16)
-    with P._one_thread():
+    with one_thread():
         train(model, data.x_train, data.y_train, TrainConfig(epochs=3, batch_size=32, lr=1e-2), progress=False)
     return P.LessonModel.from_model(model, data, cfg)
 
@@ -246,7 +248,7 @@ def test_bn_correction_bad_input(tiny_lesson):
 
 
 def test_bn_fold_explorer_follows_oracles(tiny_lesson):
-    ex = B.bn_fold_explorer(tiny_lesson, layer="features.1.dw", channel=2, bits=4)
+    ex = BW.bn_fold_explorer(tiny_lesson, layer="features.1.dw", channel=2, bits=4)
     block = tiny_lesson.model.get_submodule("features.1.dw")
     n0, png0 = _moved(ex, "log_var", 0.25)  # one keyboard step
     assert ex.image.value != png0 and ex.numbers != n0
@@ -285,7 +287,7 @@ def test_bn_fold_explorer_follows_oracles(tiny_lesson):
 
 
 def test_fold_order_explorer_moves_and_matches(tiny_lesson):
-    ex = B.fold_order_explorer(tiny_lesson, bits=4)
+    ex = BW.fold_order_explorer(tiny_lesson, bits=4)
     n0, png0 = _moved(ex, "bits", 5)
     assert ex.image.value != png0 and ex.numbers != n0
     cmp = B.compare_fold_order(ex.layer, 5, per_channel=False)
@@ -298,13 +300,13 @@ def test_fold_order_explorer_moves_and_matches(tiny_lesson):
 
 def test_notebook05_explorers_bad_input(tiny_lesson):
     with pytest.raises(ValueError, match="channel must be in"):
-        B.bn_fold_explorer(tiny_lesson, layer="features.0", channel=999)
+        BW.bn_fold_explorer(tiny_lesson, layer="features.0", channel=999)
     with pytest.raises(ValueError, match="bits must be between 2 and 8"):
-        B.bn_fold_explorer(tiny_lesson, bits=9)
+        BW.bn_fold_explorer(tiny_lesson, bits=9)
     with pytest.raises(ValueError, match="not a conv followed by batch norm"):
-        B.fold_order_explorer(tiny_lesson, layer="classifier")
+        BW.fold_order_explorer(tiny_lesson, layer="classifier")
     with pytest.raises(TypeError, match="LessonModel"):
-        B.bn_fold_explorer("lesson")
+        BW.bn_fold_explorer("lesson")
 
 
 # ================================================================================== notebook 06
@@ -458,7 +460,7 @@ def test_ptq_vs_qat_runs_are_the_library_runs(tiny_lesson):
     steps = -(-d.x_train.shape[0] // 64)
     assert res["qat steps"][0] == steps and res["float"][0] == tiny_lesson.float_acc
     for label, pc in (("per-tensor", False), ("per-channel", True)):
-        with P._one_thread():
+        with one_thread():
             ptq = evaluate(post_training_quantize(tiny_lesson.model, d.x_train[:128], QATConfig(weight_bits=4, per_channel=pc)),
                            d.x_test, d.y_test)
             seed_everything(0)

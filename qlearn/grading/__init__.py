@@ -1,9 +1,16 @@
 """Exercises graded by tests: in-notebook checks, pytest markers and batch grading for instructors.
 
-    checks    ``check(task_id, fn)`` prints a verdict; ``run_check`` returns it (the engine)
-    exercises one module per exercise notebook (ex1 ... ex11): each task's function name, contract,
+What an exercise is, and the registry:
+    spec      Task, Case, Bug, Exercise: the types an exercise module declares its tasks with
+    exercises one module per exercise notebook (ex1 ... ex13): each task's function name, contract,
               oracle, cases, generators (biased to ties and grid ends) and classic mistakes
-    tasks     the task registry assembled from ``exercises``, and the comparison helpers
+    tasks     the task registry: every ``exercises/ex<number>.py``, found and assembled
+
+The check engine (``checks`` lists its modules):
+    checks    ``check(task_id, fn)`` prints a verdict; ``run_check`` returns it
+    outcomes  the grader's split: outcomes collected in the sandbox, judged in the grader
+
+Grading a class (``grader`` lists its modules):
     strip     student notebooks generated from the solution notebooks (solutions removed)
     notebook  reading submissions: exercise, tasks, code cells (matched by function name)
     runner    one submission in one sandboxed process: runs its cells, calls its functions on the cases
@@ -16,14 +23,8 @@ The guide for instructors is docs/instructors.md.
 """
 from __future__ import annotations
 
-from qlearn.grading.checks import CheckResult, check, run_check
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m qlearn grade ...``: see ``qlearn.grading.grader``."""
-    from qlearn.grading.grader import main as grader_main
-
-    return grader_main(argv)
-
+from qlearn.grading.checks import check, run_check
+from qlearn.grading.grader import main
+from qlearn.grading.results import CheckResult
 
 __all__ = ["check", "run_check", "CheckResult", "main"]

@@ -13,6 +13,9 @@ import runpy
 from pathlib import Path
 from typing import Any
 
+from qlearn.grading.checks import deferred_checks
+from qlearn.grading.tasks import tasks
+
 __all__ = ["NotebookError", "read_notebook", "code_cells", "exercise_of", "tasks_for", "load_namespace"]
 
 
@@ -83,8 +86,6 @@ def _defined_names(nb: dict) -> set[str]:
 
 def exercise_of(nb: dict) -> str | None:
     """'ex3' from the metadata, else the exercise whose task functions the notebook defines most of."""
-    from qlearn.grading.checks import tasks
-
     meta = nb.get("metadata", {})
     meta = meta.get("qlearn", {}) if isinstance(meta, dict) else {}
     ex = meta.get("exercise") if isinstance(meta, dict) else None
@@ -102,8 +103,6 @@ def exercise_of(nb: dict) -> str | None:
 
 
 def tasks_for(exercise: str | None) -> list[str]:
-    from qlearn.grading.checks import tasks
-
     return [tid for tid, t in tasks().items() if t.exercise == exercise]
 
 
@@ -114,8 +113,6 @@ def load_namespace(path: Path | str) -> dict[str, Any]:
     in its own process). A cell that raises is skipped, as when a learner runs the cells one by one;
     the notebook's own check() calls are deferred (they would repeat the tests' work).
     """
-    from qlearn.grading.checks import deferred_checks
-
     path = Path(path)
     if path.suffix == ".py":
         with deferred_checks():

@@ -44,6 +44,17 @@ import sys
 import traceback
 from typing import Any
 
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+
+from qlearn.grading import timeouts, wire
+from qlearn.grading.checks import close_matches, deferred_checks
+from qlearn.grading.outcomes import collect_outcomes
+from qlearn.grading.precheck import resolve
+from qlearn.grading.spec import GROUPS
+from qlearn.grading.tasks import get_task, tasks
+from qlearn.grading.timeouts import CheckTimeout, time_limit
+
 __all__ = ["main", "MAX_JOB_BYTES"]
 
 MAX_JOB_BYTES = 512 * 2**20
@@ -56,9 +67,7 @@ class _Channel:
         self._fd = fd
 
     def emit(self, **event: Any) -> None:
-        from qlearn.grading.wire import dumps
-
-        data = memoryview(dumps(event))
+        data = memoryview(wire.dumps(event))
         while data:
             data = data[os.write(self._fd, data):]
 
@@ -86,9 +95,6 @@ def _short_error(exc: BaseException) -> str:
 
 
 def _shell() -> Any:
-    from IPython.core.interactiveshell import InteractiveShell
-    from traitlets.config import Config
-
     cfg = Config()
     cfg.HistoryManager.enabled = False
     shell = InteractiveShell.instance(config=cfg)
@@ -97,20 +103,17 @@ def _shell() -> Any:
 
 
 def run_job(job: dict, channel: _Channel) -> None:
-    from qlearn.grading import checks, wire
-    from qlearn.grading.checks import CheckTimeout, close_matches, collect_outcomes, deferred_checks, get_task, time_limit
-
-    checks.on_timeout = lambda: channel.emit(event="alarm")  # the grader kills us if we do not stop soon
-    # Bound here, before learner code runs: a cell that rebinds checks.collect_outcomes or
+    timeouts.on_timeout = lambda: channel.emit(event="alarm")  # the grader kills us if we do not stop soon
+    # Bound here, before learner code runs: a cell that rebinds outcomes.collect_outcomes or
     # wire.encode_outcome does not change what this loop calls. (Not a security boundary: the verdict
     # is the grader's, computed outside from the outcomes alone.)
     collect, encode_outcome, emit = collect_outcomes, wire.encode_outcome, channel.emit
 
     task_jobs = [t for t in job["tasks"] if t["id"] not in set(job.get("skip_tasks", []))]
-    cases = {t["id"]: {g: [tuple(wire.decode(a)) for a in t[g]] for g in checks.GROUPS} for t in task_jobs}
+    cases = {t["id"]: {g: [tuple(wire.decode(a)) for a in t[g]] for g in GROUPS} for t in task_jobs}
     for t in task_jobs:  # resolve the oracles' modules before learner code runs, and torch's import
         for name in get_task(t["id"]).forbidden:  # time is not charged to a cell
-            checks._resolve(name)
+            resolve(name)
 
     shell = _shell()
     skip = set(job.get("skip_cells", []))
@@ -136,7 +139,7 @@ def run_job(job: dict, channel: _Channel) -> None:
             sys.stdout.flush()
 
     namespace = shell.user_ns
-    task_names = {t.function for t in checks.tasks().values()}
+    task_names = {t.function for t in tasks().values()}
     defined = [n for n, v in namespace.items() if callable(v) and not n.startswith("_") and n not in task_names]
     for t in task_jobs:
         tid = t["id"]
@@ -169,10 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m qlearn.grading.runner --stdin (started by the grader; the job comes on stdin)",
               file=sys.stderr)
         return 2
-    from qlearn.grading.wire import loads
-
     raw = sys.stdin.buffer.read(MAX_JOB_BYTES + 1)
-    job = loads(raw.strip(), limit=MAX_JOB_BYTES)
+    job = wire.loads(raw.strip(), limit=MAX_JOB_BYTES)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # the learner's code reads nothing of the job
     channel = _Channel(os.dup(1))  # the channel moves off fd 1 (not inherited by subprocesses) ...

@@ -27,8 +27,11 @@ import shutil
 import site
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
+
+import qlearn
 
 __all__ = ["SandboxUnavailable", "INSTALL_HINT", "bwrap", "available", "command", "popen", "visible_sources",
            "namespace_options", "system_options", "SCRATCH", "SUBMISSION"]
@@ -56,8 +59,6 @@ def bwrap() -> str | None:
 
 
 def _package_dir() -> Path:
-    import qlearn
-
     return Path(qlearn.__file__).resolve().parent
 
 
@@ -190,8 +191,6 @@ def available() -> None:
     if exe is None:
         _PROBED["result"] = "bubblewrap (bwrap) is not installed: " + INSTALL_HINT
         raise SandboxUnavailable(_PROBED["result"])
-    import tempfile
-
     with tempfile.NamedTemporaryFile(suffix=".ipynb") as tmp:
         err = ""
         for size in (True, False):

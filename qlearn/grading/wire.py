@@ -31,6 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from qlearn.grading.judge import Outcome
+from qlearn.grading.spec import ContractError
+
 __all__ = ["WireError", "Opaque", "encode", "decode", "dumps", "loads", "encode_outcome", "decode_outcome",
            "MAX_MESSAGE_BYTES"]
 
@@ -191,7 +194,7 @@ def decode(data: Any, _depth: int = 0) -> Any:
         arr = decode(data["torch"], _depth + 1)
         if not isinstance(arr, np.ndarray):
             raise WireError("bad tensor")
-        import torch
+        import torch  # only here, for a tensor: the grader's process stays free of torch otherwise
 
         return torch.from_numpy(arr)
     if "obj" in data:
@@ -208,8 +211,6 @@ def _builtin_base(exc: BaseException) -> type:
 
 
 def encode_exception(exc: BaseException) -> dict:
-    from qlearn.grading.checks import ContractError
-
     try:
         text = str(exc)
     except Exception:
@@ -233,8 +234,6 @@ class _Code:
 def decode_exception(d: Any) -> BaseException:
     """An exception the parent can ``isinstance``-test: a new class named as the learner's, deriving
     from the built-in exception it derived from (ValueError, OverflowError, ...); only its message."""
-    from qlearn.grading.checks import ContractError
-
     if not isinstance(d, dict):
         raise WireError("bad exception")
     name, base_name, text = _text(d.get("type"), "type"), _text(d.get("base"), "base"), _text(d.get("text"), "text")
@@ -273,8 +272,6 @@ def encode_outcome(outcome: Any) -> dict:
 
 
 def decode_outcome(d: Any) -> Any:
-    from qlearn.grading.checks import Outcome
-
     if not isinstance(d, dict):
         raise WireError("an outcome must be an object")
     if "raised" in d:

@@ -7,6 +7,7 @@ lessons compute from it are cached beside it (``cached_results``).
 """
 from __future__ import annotations
 
+import json
 import numbers
 import os
 import sys
@@ -17,10 +18,15 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from qlearn.bn_fold import fuse_model
+from qlearn.data import ImageData, load_digits_data
+from qlearn.models import MODELS, ConvBNReLU
+from qlearn.shipped import shipped_file
 from qlearn.threads import one_thread
-from qlearn.train import cache_dir
+from qlearn.train import TrainConfig, cache_dir, evaluate, load_checkpoint, save_checkpoint, seed_everything, train
 
-__all__ = ["LessonConfig", "FoldedLayer", "LessonModel", "lesson_model", "cached_results", "cache_dir"]
+__all__ = ["LessonConfig", "FoldedLayer", "LessonModel", "lesson_model", "check_lesson", "cached_results",
+           "cache_dir"]
 
 
 # ---------------------------------------------------------------------------------- the lesson model
@@ -37,8 +43,6 @@ class LessonConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from qlearn.models import MODELS
-
         if self.arch not in MODELS:
             raise ValueError(f"arch must be one of {sorted(MODELS)}, got {self.arch!r}")
         for name in ("input_size", "epochs", "batch_size", "seed"):
@@ -91,8 +95,6 @@ class LessonModel:
     @classmethod
     def from_model(cls, model: nn.Module, data: Any, config: LessonConfig | None = None) -> "LessonModel":
         """Wrap any trained qlearn MobileNet and its ImageData (no cache): fold BN, measure accuracy."""
-        from qlearn.data import ImageData
-
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch nn.Module (a qlearn MobileNet), got {type(model).__name__}")
         if not isinstance(data, ImageData):
@@ -105,9 +107,14 @@ class LessonModel:
         return self.layers[name]
 
 
-def _folded_layers(folded: nn.Module) -> dict[str, FoldedLayer]:
-    from qlearn.models import ConvBNReLU
+def check_lesson(lesson: Any) -> LessonModel:
+    """``lesson`` itself if it is a ``LessonModel``, else a TypeError naming the argument."""
+    if not isinstance(lesson, LessonModel):
+        raise TypeError(f"lesson must be a LessonModel (from lesson_model()), got {type(lesson).__name__}")
+    return lesson
 
+
+def _folded_layers(folded: nn.Module) -> dict[str, FoldedLayer]:
     layers: dict[str, FoldedLayer] = {}
     for name, module in folded.named_modules():
         if isinstance(module, ConvBNReLU):
@@ -121,9 +128,6 @@ def _folded_layers(folded: nn.Module) -> dict[str, FoldedLayer]:
 
 def _build_lesson(config: LessonConfig, model: nn.Module, data: Any, path: Path | None, *,
                   shipped: bool = False) -> LessonModel:
-    from qlearn.bn_fold import fuse_model
-    from qlearn.train import evaluate
-
     model.eval()
     folded = fuse_model(model)
     with one_thread():
@@ -140,8 +144,6 @@ def _read_cached(config: LessonConfig, path: Path) -> nn.Module | None:
     A corrupt file, or one that holds another architecture under this key, is reported in one line and
     trained again (and overwritten), rather than failing every later call.
     """
-    from qlearn.train import load_checkpoint
-
     try:
         model, extra = load_checkpoint(path)
     except (ValueError, OSError, RuntimeError, EOFError) as e:
@@ -156,9 +158,6 @@ def _read_cached(config: LessonConfig, path: Path) -> nn.Module | None:
 
 
 def _train(config: LessonConfig, data: Any, progress: bool) -> nn.Module:
-    from qlearn.models import MODELS
-    from qlearn.train import TrainConfig, seed_everything, train
-
     with one_thread():
         seed_everything(config.seed)
         model = MODELS[config.arch](data.num_classes, width=config.width, input_size=config.input_size,
@@ -170,10 +169,6 @@ def _train(config: LessonConfig, data: Any, progress: bool) -> nn.Module:
 
 def _load_or_train(config: LessonConfig, directory: Path | None, progress: bool, retrain: bool) -> LessonModel:
     """Shipped model (``directory`` None, not ``retrain``) > cached checkpoint > trained now and cached."""
-    from qlearn.data import load_digits_data
-    from qlearn.shipped import shipped_file
-    from qlearn.train import load_checkpoint, save_checkpoint
-
     data = load_digits_data(config.input_size, seed=config.seed)
     if directory is None and not retrain:
         shipped = shipped_file(f"{config.key}.pt")  # sha256-checked
@@ -234,8 +229,6 @@ def _results_file(lesson: LessonModel, name: str) -> tuple[Path | None, Path | N
         return None, None
     file_name = f"{lesson.path.stem}.{name}.json"
     if lesson.shipped:
-        from qlearn.shipped import shipped_file
-
         return shipped_file(file_name), cache_dir() / file_name
     return None, lesson.path.with_name(file_name)
 
@@ -250,8 +243,6 @@ def cached_results(lesson: LessonModel, name: str, compute: Any) -> dict[str, li
     ``name`` should carry a version (e.g. "range-rules-v1") so that a changed computation gets a new
     file. A result whose file cannot be read or written is computed.
     """
-    import json
-
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"name must be a short file-name-safe string like 'range-rules-v1', got {name!r}")
     key = ("results", name)

@@ -1,8 +1,12 @@
-"""Explorers for notebooks 01 (quantize/dequantize) and 02 (error analysis)."""
+"""Explorers for notebooks 01 (quantize/dequantize) and 02 (error analysis).
+
+What the notebooks measure is in ``qlearn.lessons``: the grid and its error for 01
+(``quantize_dequantize``), ``error_vs_bits``, ``clipping_curves`` and the cached sample tensors for 02
+(``error_analysis``); this module holds the sliders and the figures that show it.
+"""
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
 from typing import Any
 
 import ipywidgets as widgets
@@ -13,10 +17,11 @@ from matplotlib.patches import Rectangle
 
 from qlearn._checks import as_float_array
 from qlearn.distributions import DISTRIBUTIONS, sample
-from qlearn.error import error_breakdown, sqnr_db, uniform_noise_mse
+from qlearn.error import error_breakdown
+from qlearn.lessons.error_analysis import BITS, ERROR_METHODS, clipping_curves, error_vs_bits, sample_data
+from qlearn.lessons.quantize_dequantize import grid_values, quantize_report
 from qlearn.qparams import qparams_from_range
 from qlearn.quantize import fake_quantize
-from qlearn.ranges import minmax_range, percentile_range
 from qlearn.widgets.base import Explorer, int_slider
 
 GRID_COLOR = "#d62728"
@@ -73,7 +78,7 @@ class QuantizeExplorer(Explorer):
     def render(self, bits: int, range: tuple[float, float], symmetric: bool, signed: bool, narrow: bool) -> dict:
         qp = qparams_from_range(range[0], range[1], bits, symmetric=symmetric, signed=signed, narrow_range=narrow)
         glo, ghi = qp.real_range
-        grid = qp.scale * (np.arange(qp.qmin, qp.qmax + 1) - qp.zero_point)
+        grid = grid_values(qp)
         top = 1.0 if qp.num_levels <= 32 else 0.06  # dense grids: short ticks, so the data stays visible
         self.grid_lines.set_segments([[(g, 0.0), (g, top)] for g in grid])
         self.clip_lo.set_bounds(-5.0, 0.0, max(glo + 5.0, 0.0), 1.0)
@@ -85,9 +90,8 @@ class QuantizeExplorer(Explorer):
         self.band.set_height(qp.scale)
         self.ax_err.set_ylim(-max(1.5 * qp.scale, 0.05), max(1.5 * qp.scale, 0.05))
 
-        x_hat = fake_quantize(self.x, qp)
-        parts = error_breakdown(self.x, qp)
-        inside = (self.x >= glo) & (self.x <= ghi)
+        report = quantize_report(self.x, qp)
+        parts = report.breakdown
         return {
             "scale S": qp.scale,
             "zero point Z": qp.zero_point,
@@ -96,11 +100,11 @@ class QuantizeExplorer(Explorer):
             "MSE (measured)": parts.total_mse,
             "  of which rounding": parts.rounding_mse,
             "  of which clipping": parts.clipping_mse,
-            "S^2/12 (uniform-noise model)": uniform_noise_mse(qp.scale),
-            "max |error| inside the grid": float(np.abs(x_hat - self.x)[inside].max()) if inside.any() else 0.0,
+            "S^2/12 (uniform-noise model)": report.model_mse,
+            "max |error| inside the grid": report.max_error_inside,
             "S/2": qp.scale / 2,
             "clipped values": f"{100 * parts.clipped_fraction:.2f} %",
-            "SQNR (dB)": sqnr_db(self.x, x_hat),
+            "SQNR (dB)": report.sqnr_db,
         }
 
 
@@ -113,39 +117,6 @@ def quantize_explorer(x: Any = None, **kwargs: Any) -> QuantizeExplorer:
 
 
 # ---------------------------------------------------------------------------------------- notebook 02
-BITS = np.arange(2, 13)
-RANGE_METHODS = ("min/max", "percentile 99.9", "percentile 99")
-
-
-@lru_cache(maxsize=16)
-def _data(dist: str, n: int, seed: int) -> np.ndarray:
-    return sample(dist, n, seed)
-
-
-def _range_for(x: np.ndarray, method: str) -> tuple[float, float]:
-    if method == "min/max":
-        return minmax_range(x)
-    return percentile_range(x, float(method.split()[-1]))
-
-
-@lru_cache(maxsize=32)
-def error_vs_bits(dist: str, method: str, n: int = 200_000, seed: int = 0) -> dict[str, np.ndarray]:
-    """Measured MSE, the S^2/12 model and SQNR for 2..12 bits (cached per distribution and method)."""
-    x = _data(dist, n, seed)
-    lo, hi = _range_for(x, method)
-    out: dict[str, list] = {"bits": [], "scale": [], "mse": [], "model": [], "sqnr": [], "clipping": []}
-    for b in BITS:
-        qp = qparams_from_range(lo, hi, int(b))
-        parts = error_breakdown(x, qp)
-        out["bits"].append(int(b))
-        out["scale"].append(qp.scale)
-        out["mse"].append(parts.total_mse)
-        out["clipping"].append(parts.clipping_mse)
-        out["model"].append(uniform_noise_mse(qp.scale))
-        out["sqnr"].append(10 * np.log10(np.mean(x * x) / parts.total_mse))
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
 class ErrorVsBitsExplorer(Explorer):
     """Notebook 02: error vs bit width, the S^2/12 model beside measurement, ~6 dB of SQNR per bit."""
 
@@ -156,7 +127,7 @@ class ErrorVsBitsExplorer(Explorer):
         self.n, self.seed = n, seed
         controls = {
             "dist": widgets.Dropdown(options=DISTRIBUTIONS, value=dist, description="data"),
-            "method": widgets.Dropdown(options=RANGE_METHODS, value="min/max", description="range"),
+            "method": widgets.Dropdown(options=ERROR_METHODS, value="min/max", description="range"),
             "bits": int_slider("bits", bits, int(BITS[0]), int(BITS[-1])),
         }
         super().__init__(controls)
@@ -205,22 +176,6 @@ def error_vs_bits_explorer(**kwargs: Any) -> ErrorVsBitsExplorer:
     return ErrorVsBitsExplorer(**kwargs)
 
 
-@lru_cache(maxsize=64)
-def clipping_curves(dist: str, bits: int, n: int = 200_000, seed: int = 0) -> dict[str, np.ndarray]:
-    """Rounding, clipping and total MSE as the symmetric clip range [-c, c] narrows (cached)."""
-    x = _data(dist, n, seed)
-    cmax = float(np.abs(x).max())
-    cs = np.geomspace(0.25, cmax, 60)
-    rnd, clp, frac = [], [], []
-    for c in cs:
-        parts = error_breakdown(x, qparams_from_range(-c, c, bits))
-        rnd.append(parts.rounding_mse)
-        clp.append(parts.clipping_mse)
-        frac.append(parts.clipped_fraction)
-    rnd, clp = np.asarray(rnd), np.asarray(clp)
-    return {"c": cs, "rounding": rnd, "clipping": clp, "total": rnd + clp, "fraction": np.asarray(frac)}
-
-
 class ClippingExplorer(Explorer):
     """Notebook 02: rounding error shrinks and clipping error grows as the range narrows."""
 
@@ -265,7 +220,7 @@ class ClippingExplorer(Explorer):
         self.ax_c.relim()
         self.ax_c.autoscale_view()
         if dist not in self.hist_cache:
-            self.hist_cache[dist] = np.histogram(_data(dist, self.n, self.seed), bins=200)
+            self.hist_cache[dist] = np.histogram(sample_data(dist, self.n, self.seed), bins=200)
             self._prefetch(dist)
         if dist != self.hist_dist:  # the histogram changes with the data only: bits and clip leave it alone
             hist, edges = self.hist_cache[dist]
@@ -277,7 +232,7 @@ class ClippingExplorer(Explorer):
         self.h_hi.set_xdata([clip, clip])
         self.ax_h.relim()
         self.ax_h.autoscale_view()
-        x = _data(dist, self.n, self.seed)
+        x = sample_data(dist, self.n, self.seed)
         qp = qparams_from_range(-clip, clip, bits)
         parts = error_breakdown(x, qp)
         return {

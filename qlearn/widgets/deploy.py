@@ -1,9 +1,10 @@
 """Notebook 13: a layer slider through the integer model on three engines (qlearn, ONNX Runtime, PyTorch int8).
 
-The computations are ``qlearn.deploy.layer_codes``; this module only draws them. Left: for the chosen
-layer, how many output codes of each runtime differ from qlearn's by 0, +-1, +-2 ... LSB (Eq. 69),
-fed qlearn's own input codes ("layer alone": that runtime's rounding only) or its own earlier outputs
-("end to end": the differences compound). Right: the share of identical codes in every layer.
+The computations are ``qlearn.deploy.layer_codes`` and ``qlearn.lessons.deploy``; this module only
+draws them. Left: for the chosen layer, how many output codes of each runtime differ from qlearn's by
+0, +-1, +-2 ... LSB (Eq. 69), fed qlearn's own input codes ("layer alone": that runtime's rounding
+only) or its own earlier outputs ("end to end": the differences compound). Right: the share of
+identical codes in every layer.
 """
 from __future__ import annotations
 
@@ -13,13 +14,20 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 
+from qlearn.lessons.deploy import (
+    MODES,
+    check_rows,
+    difference_histogram,
+    differences,
+    identical_share,
+    largest_difference,
+    shipped_layer_codes,
+)
 from qlearn.widgets.base import Explorer, int_slider
 
-__all__ = ["DeployLayerExplorer", "engines_explorer", "ENGINE_COLORS", "MAX_IMAGES"]
+__all__ = ["DeployLayerExplorer", "engines_explorer", "ENGINE_COLORS"]
 
 ENGINE_COLORS = {"ONNX Runtime": "#1f77b4", "PyTorch int8": "#ff7f0e"}
-MODES = ("layer alone", "end to end")
-MAX_IMAGES = 200  # test images of the shipped quick run compared, when no rows are given
 
 
 class DeployLayerExplorer(Explorer):
@@ -29,15 +37,8 @@ class DeployLayerExplorer(Explorer):
     figsize = (12.0, 3.8)
 
     def __init__(self, rows: list | None = None, layer: int | str = 0, mode: str = "layer alone") -> None:
-        from qlearn.deploy import LayerCodes, layer_codes
-
-        if rows is None:  # the shipped quick run (the same on every machine), its first test images
-            from qlearn.widgets.pipeline import pipeline_run
-
-            run = pipeline_run(progress=False)
-            rows = layer_codes(run, run.data.x_test[:MAX_IMAGES])
-        if not isinstance(rows, list) or not rows or not all(isinstance(r, LayerCodes) for r in rows):
-            raise TypeError("rows must be the list that qlearn.deploy.layer_codes returns")
+        # default: the shipped quick run (the same on every machine), its first test images
+        rows = check_rows(shipped_layer_codes() if rows is None else rows)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.rows = rows
@@ -50,7 +51,7 @@ class DeployLayerExplorer(Explorer):
             raise ValueError(f"layer must be a layer name or an index 0..{len(rows) - 1}, got {layer!r}")
         self.engines = list(rows[0].alone)
         # fixed axes for every layer (only the bars move with the slider, so a change can be blitted)
-        self.k = max(2, max(int(np.abs(d - r.ours).max()) for r in rows for d in (*r.alone.values(), *r.end_to_end.values())))
+        self.k = max(2, largest_difference(rows))
         self.floor = 0.3 / max(r.ours.size for r in rows)
         controls = {
             "layer": int_slider("layer #", int(layer), 0, len(rows) - 1),
@@ -58,10 +59,6 @@ class DeployLayerExplorer(Explorer):
                                           style={"description_width": "initial"}),
         }
         super().__init__(controls)
-
-    def _share(self, row: Any, engine: str, mode: str) -> float:
-        got = row.alone[engine] if mode == "layer alone" else row.end_to_end[engine]
-        return float(np.mean(got == row.ours))
 
     def build(self, fig: Figure) -> None:
         from matplotlib.ticker import MaxNLocator
@@ -86,19 +83,18 @@ class DeployLayerExplorer(Explorer):
 
     def render(self, layer: int, mode: str) -> dict:
         row = self.rows[int(layer)]
-        diffs = {e: ((row.alone[e] if mode == "layer alone" else row.end_to_end[e]) - row.ours).ravel()
-                 for e in self.engines}
+        diffs = {e: differences(row, e, mode) for e in self.engines}
         k = self.k
         edges = np.arange(-k, k + 2) - 0.5
         total = float(row.ours.size)
         for e, d in diffs.items():
-            h = np.bincount(d + k, minlength=2 * k + 1) / total
+            h = difference_histogram(d, k)
             self.stairs[e].set_data(np.maximum(h, self.floor / 10), edges)  # empty bins below the axis (log)
         self.ax_d.set_xlim(-k - 0.5, k + 0.5)
         self.ax_d.set_ylim(self.floor, 2.0)
         self.ax_d.set_title(f"this layer, {mode}", fontsize="medium")
         for e in self.engines:
-            self.lines[e].set_ydata([100 * self._share(r, e, mode) for r in self.rows])
+            self.lines[e].set_ydata([100 * identical_share(r, e, mode) for r in self.rows])
         self.ax_all.set_title(f"every layer, {mode}", fontsize="medium")
         self.v_layer.set_xdata([layer, layer])
         out: dict[str, Any] = {"layer": f"{layer}: {row.name}", "kind": row.kind, "output codes": int(total)}

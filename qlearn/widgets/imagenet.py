@@ -1,7 +1,8 @@
 """Notebook 12's explorers: EfficientNet-Lite0, a real ImageNet network, under post-training quantization.
 
 Every explorer draws from the results of ``qlearn.imagenet_ptq.cached_study`` (a JSON-able dict;
-computed once, cached under ``qlearn.train.cache_dir()``), so a slider only redraws.
+computed once, cached under ``qlearn.train.cache_dir()``), so a slider only redraws; what the lesson
+reads off one layer is ``qlearn.lessons.imagenet_efficientnet``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 
+from qlearn.lessons.imagenet_efficientnet import layer_channels, quick_study
 from qlearn.widgets.base import Explorer, int_slider
 
 __all__ = ["RangesExplorer", "VariantsExplorer", "CLEExplorer", "IntegerExplorer"]
@@ -50,8 +52,8 @@ class RangesExplorer(Explorer):
 
     def render(self, layer: int) -> dict:
         row = self.rows[layer]
-        r = np.asarray(row["ranges"])
-        dead = r < 1e-3 * r.max()
+        ch = layer_channels(row)
+        r, dead = ch.ranges, ch.dead
         c = np.arange(len(r))
         floor = r[r > 0].min() / 3 if np.any(r > 0) else 1e-12
         self.live.set_data(c[~dead], r[~dead])
@@ -60,10 +62,9 @@ class RangesExplorer(Explorer):
         self.ax.set_ylim(floor / 3, r.max() * 3)
         self.ax.set_title(f"{row['name']}  {tuple(row['shape'])}")
         self.mark.set_xdata([layer, layer])
-        live = r[~dead & (r > 0)]
         return {"layer": row["name"], "channels": len(r), "dead channels": row["dead"],
                 "spread of all ranges (max / min nonzero)": row["spread"],
-                "spread without the dead channels": float(live.max() / live.min()) if live.size else 1.0,
+                "spread without the dead channels": ch.live_spread,
                 "8-bit weight SQNR per-tensor (dB)": row["sqnr_per_tensor"],
                 "8-bit weight SQNR per-channel (dB)": row["sqnr_per_channel"]}
 
@@ -184,6 +185,4 @@ class IntegerExplorer(Explorer):
 def variants_explorer(metric: str = "logit SQNR (dB)", **kwargs: Any) -> VariantsExplorer:
     """Notebook 12's whole-network PTQ explorer on the quick study (measured once on this CPU, then cached);
     by default the logit SQNR, which separates per-tensor from per-channel on a handful of crops."""
-    from qlearn.imagenet_ptq import QUICK, cached_study
-
-    return VariantsExplorer(cached_study(QUICK, progress=False), metric=metric, **kwargs)
+    return VariantsExplorer(quick_study(), metric=metric, **kwargs)

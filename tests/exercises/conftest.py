@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import pytest
 
-from qlearn.grading.checks import close_matches, tasks
+from qlearn.grading.checks import close_matches
 from qlearn.grading.notebook import load_namespace
-from qlearn.grading.tasks import EXERCISES
+from qlearn.grading.tasks import EXERCISES, tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 SOLUTIONS = ROOT / "notebooks" / "exercises" / "solutions"

@@ -6,7 +6,8 @@ to point the tests at your own notebook or .py file.
 """
 import pytest
 
-from qlearn.grading.checks import run_check, tasks
+from qlearn.grading.checks import run_check
+from qlearn.grading.tasks import tasks
 
 PARAMS = [pytest.param(tid, marks=getattr(pytest.mark, tid), id=tid) for tid in tasks()]
 

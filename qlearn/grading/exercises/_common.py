@@ -1,43 +1,13 @@
-"""What every exercise module shares: the exercises and their lessons, the comparisons, the hypothesis
-helpers and the wrong rounding rules (the classic mistakes of every task that names a rounding rule)."""
+"""What every exercise module shares: the comparisons, the hypothesis helpers and the wrong rounding
+rules (the classic mistakes of every task that names a rounding rule)."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import numpy as np
 
-from qlearn.grading.checks import Bug, fmt
-
-
-LESSONS = {  # the lesson notebook each exercise practises (named in failure reports)
-    "ex1": "notebooks/01_quantize_dequantize.ipynb",
-    "ex2": "notebooks/02_error_analysis.ipynb",
-    "ex3": "notebooks/03_per_channel.ipynb",
-    "ex4": "notebooks/04_outliers_ranges.ipynb",
-    "ex5": "notebooks/05_bn_folding.ipynb",
-    "ex6": "notebooks/06_qat.ipynb",
-    "ex7": "notebooks/08_integer_inference.ipynb",
-    "ex8": "notebooks/08_integer_inference.ipynb",
-    "ex9": "notebooks/06_qat.ipynb",
-    "ex10": "notebooks/07_skip_connections.ipynb",
-    "ex11": "notebooks/09_mobilenet_pipeline.ipynb",
-}
-
-
-# exercise id -> (notebook file name, title)
-EXERCISES = {
-    "ex1": ("ex1_quantize_dequantize.ipynb", "Quantize, dequantize and the nudged zero point"),
-    "ex2": ("ex2_error_analysis.ipynb", "Error analysis: SQNR, rounding and clipping"),
-    "ex3": ("ex3_per_channel.ipynb", "Per-channel quantization parameters"),
-    "ex4": ("ex4_range_estimators.ipynb", "Range estimators: percentile and MSE search"),
-    "ex5": ("ex5_bn_folding.ipynb", "Batch-norm folding"),
-    "ex6": ("ex6_ste_fake_quant.ipynb", "Fake quantization with a straight-through gradient"),
-    "ex7": ("ex7_fixed_point.ipynb", "quantize_multiplier and the fixed-point multiply"),
-    "ex8": ("ex8_integer_conv.ipynb", "An integer-only convolution layer"),
-    "ex9": ("ex9_ema_qat_step.ipynb", "EMA activation ranges and one QAT training step"),
-    "ex10": ("ex10_quantized_add.ipynb", "The re-quantized add of a skip connection"),
-    "ex11": ("ex11_convert_layer.ipynb", "One folded layer converted to integers"),
-}
+from qlearn.grading.formatting import fmt
+from qlearn.grading.spec import Bug
 
 
 def _array(actual: Any, what: str) -> tuple[np.ndarray | None, str | None]:

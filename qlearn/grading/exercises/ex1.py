@@ -7,13 +7,18 @@ from typing import Any, Callable
 import numpy as np
 
 from qlearn.fixedpoint import INT32_MAX, INT32_MIN
-from qlearn.grading.checks import Bug, Case, Task, fmt
 from qlearn.grading.exercises._common import (
-    LESSONS, _NP_RULES, _ROUNDING_BUGS, _RULE_NAMES, _dyadic_scale, _grid, _magnitude, _near_half,
+    _NP_RULES, _ROUNDING_BUGS, _RULE_NAMES, _dyadic_scale, _grid, _magnitude, _near_half,
     _rng_array, _shape, _st, _with, floats_close, int_scalar, ints_equal,
 )
+from qlearn.grading.formatting import fmt
+from qlearn.grading.spec import Bug, Case, Exercise, Task
 from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import dequantize, quantize
+
+
+EXERCISE = Exercise("ex1", "ex1_quantize_dequantize.ipynb", "Quantize, dequantize and the nudged zero point",
+                    "notebooks/01_quantize_dequantize.ipynb")
 
 
 def _scale_zp_oracle(lo: float, hi: float, bits: int) -> tuple[float, int]:
@@ -117,7 +122,7 @@ _S_10_30 = 40.0 / 255.0
 EX1 = [
     Task(
         "task_1_1", "scale_and_zero_point", ("lo", "hi", "bits"),
-        "scale and nudged zero point of an unsigned grid", "ex1", LESSONS["ex1"],
+        "scale and nudged zero point of an unsigned grid", "ex1", EXERCISE.lesson,
         oracle=_scale_zp_oracle, compare=_compare_scale_zp,
         fixed=(
             Case("the lesson's range [-10, 30], 8 bits", (-10.0, 30.0, 8)),
@@ -143,7 +148,7 @@ EX1 = [
     ),
     Task(
         "task_1_2", "quantize_tensor", ("x", "scale", "zero_point", "qmin", "qmax"),
-        "quantize: q = clamp(round(x / S) + Z, qmin, qmax)", "ex1", LESSONS["ex1"],
+        "quantize: q = clamp(round(x / S) + Z, qmin, qmax)", "ex1", EXERCISE.lesson,
         oracle=_quantize_oracle, compare=ints_equal(_quotient_x_scale),
         fixed=(
             Case("the lesson's values, range [-10, 30]",
@@ -168,7 +173,7 @@ EX1 = [
     ),
     Task(
         "task_1_3", "dequantize_tensor", ("q", "scale", "zero_point"),
-        "dequantize: r = S (q - Z)", "ex1", LESSONS["ex1"],
+        "dequantize: r = S (q - Z)", "ex1", EXERCISE.lesson,
         oracle=_dequantize_oracle, compare=floats_close(1e-12, 0.0),
         fixed=(
             Case("uint8 codes of the lesson's range", (np.array([0, 64, 70, 255], dtype=np.uint8), _S_10_30, 64)),
@@ -210,7 +215,7 @@ def _zp_rule(rnd: Callable[[Any], np.ndarray]) -> Callable[..., tuple]:
 
 # The classic mistakes: known-wrong versions of the tasks' functions. When an answer is wrong on a case,
 # the check runs them on that case, in this order, and a match names the mistake in the hint
-# (``checks.diagnose``): put the more specific mistakes first.
+# (``judge.diagnose``): put the more specific mistakes first.
 BUGS: dict[str, tuple[Bug, ...]] = {
     "task_1_1": (
         Bug(_RULE_NAMES["half_even"], _zp_rule(np.rint),

@@ -8,8 +8,14 @@ import numpy as np
 from qlearn.fixedpoint import (
     multiply_by_quantized_multiplier as _mbqm, quantize_multiplier as _quantize_multiplier,
 )
-from qlearn.grading.checks import Bug, Case, Task
-from qlearn.grading.exercises._common import LESSONS, _shape, _st, int_scalar, ints_equal, tuple_of
+from qlearn.grading.exercises._common import _shape, _st, int_scalar, ints_equal, tuple_of
+from qlearn.grading.spec import Bug, Case, Exercise, Task
+from qlearn.integer import add
+from qlearn.layer_integers import add_multipliers
+
+
+EXERCISE = Exercise("ex10", "ex10_quantized_add.ipynb", "The re-quantized add of a skip connection",
+                    "notebooks/07_skip_connections.ipynb")
 
 
 _ADD_PARAMS = ("a_q", "a_zp", "a_m0", "a_shift", "b_q", "b_zp", "b_m0", "b_shift", "out_zp", "out_m0", "out_shift", "left_shift")
@@ -17,14 +23,10 @@ _ADD_PARAMS = ("a_q", "a_zp", "a_m0", "a_shift", "b_q", "b_zp", "b_m0", "b_shift
 
 def _add_oracle(a_q: np.ndarray, a_zp: int, a_m0: int, a_shift: int, b_q: np.ndarray, b_zp: int, b_m0: int, b_shift: int,
                 out_zp: int, out_m0: int, out_shift: int, left_shift: int) -> np.ndarray:
-    from qlearn.integer import add
-
     return add(a_q, a_zp, a_m0, a_shift, b_q, b_zp, b_m0, b_shift, out_zp, out_m0, out_shift, left_shift=left_shift)
 
 
 def _add_case(seed: int, shape: tuple[int, ...], sa: float, sb: float, so: float, zps: tuple[int, int, int], left: int = 20) -> tuple:
-    from qlearn.integer import add_multipliers
-
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 256, size=shape, dtype=np.uint8)
     b = rng.integers(0, 256, size=shape, dtype=np.uint8)
@@ -46,8 +48,6 @@ def _strategy_add() -> Any:
 
 
 def _add_multipliers_oracle(a_scale: float, b_scale: float, out_scale: float, left_shift: int) -> tuple[int, ...]:
-    from qlearn.integer import add_multipliers
-
     m = add_multipliers(a_scale, b_scale, out_scale, left_shift=left_shift)
     return (m.a_m0, m.a_shift, m.b_m0, m.b_shift, m.out_m0, m.out_shift)
 
@@ -55,7 +55,7 @@ def _add_multipliers_oracle(a_scale: float, b_scale: float, out_scale: float, le
 EX10 = [
     Task(
         "task_10_1", "add_multipliers", ("a_scale", "b_scale", "out_scale", "left_shift"),
-        "the three fixed-point multipliers of the quantized add", "ex10", LESSONS["ex10"],
+        "the three fixed-point multipliers of the quantized add", "ex10", EXERCISE.lesson,
         oracle=_add_multipliers_oracle,
         compare=tuple_of(("a_m0", "a_shift", "b_m0", "b_shift", "out_m0", "out_shift"), (int_scalar(),) * 6),
         fixed=(
@@ -74,11 +74,11 @@ EX10 = [
                                       _st().sampled_from([15, 20, 22])),
         hint="T = 2 max(Sa, Sb); (a_m0, a_shift) = quantize_multiplier(Sa / T), likewise b; "
         "(out_m0, out_shift) = quantize_multiplier(T / (2^left_shift S_out)) (Eq. 33)",
-        forbidden=("qlearn.integer.add_multipliers",),
+        forbidden=("qlearn.layer_integers.add_multipliers",),
     ),
     Task(
         "task_10_2", "quantized_add", _ADD_PARAMS,
-        "add two uint8 tensors with different scales in integers (TFLite ADD)", "ex10", LESSONS["ex10"],
+        "add two uint8 tensors with different scales in integers (TFLite ADD)", "ex10", EXERCISE.lesson,
         oracle=_add_oracle, compare=ints_equal(),
         fixed=(
             Case("a 2x3 pair, scales 0.05 and 0.1 -> 0.12", _add_case(0, (2, 3), 0.05, 0.1, 0.12, (128, 100, 120))),
@@ -100,7 +100,7 @@ EX10 = [
         strategy=_strategy_add,
         hint="a' = mbqm((a_q - a_zp) 2^left_shift, a_m0, a_shift), likewise b'; "
         "q = clamp(out_zp + mbqm(a' + b', out_m0, out_shift), 0, 255) as uint8 (Eqs. 32-34)",
-        forbidden=("qlearn.integer.add", "qlearn.integer.QAdd"),
+        forbidden=("qlearn.integer.add", "qlearn.integer_layers.QAdd"),
     ),
 ]
 
@@ -134,7 +134,7 @@ def _add_variant(a_q, a_zp, a_m0, a_shift, b_q, b_zp, b_m0, b_shift, out_zp, out
 
 # The classic mistakes: known-wrong versions of the tasks' functions. When an answer is wrong on a case,
 # the check runs them on that case, in this order, and a match names the mistake in the hint
-# (``checks.diagnose``): put the more specific mistakes first.
+# (``judge.diagnose``): put the more specific mistakes first.
 BUGS: dict[str, tuple[Bug, ...]] = {
     "task_10_1": (
         Bug("the common scale T = max(Sa, Sb)", lambda sa, sb, so, ls: _add_mult_variant(sa, sb, so, ls, factor=1.0),

@@ -6,21 +6,24 @@ from typing import Any, Callable
 import numpy as np
 
 from qlearn.fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier as _quantize_multiplier
-from qlearn.grading.checks import Bug, Case, Task
 from qlearn.grading.exercises._common import (
-    LESSONS, _NP_RULES, _RULE_NAMES, _dyadic_scale, _half_away, _rng_array, _st, floats_close,
+    _NP_RULES, _RULE_NAMES, _dyadic_scale, _half_away, _rng_array, _st, floats_close,
     int_scalar, ints_equal, tuple_of,
 )
 from qlearn.grading.exercises.ex3 import _W34
 from qlearn.grading.exercises.ex7 import _qm_rule
+from qlearn.grading.spec import Bug, Case, Exercise, Task
+from qlearn.layer_integers import activation_range, quantize_bias, requant_multiplier
 from qlearn.qparams import qparams_from_range
 from qlearn.quantize import quantize
 from qlearn.ranges import minmax_range
 
 
-def _int_layer_oracle(w: np.ndarray, b: np.ndarray, in_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from qlearn.integer import quantize_bias
+EXERCISE = Exercise("ex11", "ex11_convert_layer.ipynb", "One folded layer converted to integers",
+                    "notebooks/09_mobilenet_pipeline.ipynb")
 
+
+def _int_layer_oracle(w: np.ndarray, b: np.ndarray, in_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lo, hi = minmax_range(w, 0)
     qp = qparams_from_range(lo, hi, 8, symmetric=True, signed=True, narrow_range=True, axis=0)
     w_q = quantize(w, qp).astype(np.int8)  # (Cout, ...) in [-127, 127]
@@ -80,8 +83,6 @@ def _strategy_int_layer() -> Any:
 
 
 def _requant_oracle(in_scale: float, w_scale: np.ndarray, out_scale: float, out_zp: int, relu6: bool) -> tuple:
-    from qlearn.integer import activation_range, requant_multiplier
-
     m0, shift = requant_multiplier(in_scale, np.asarray(w_scale, dtype=np.float64), out_scale)
     if not isinstance(relu6, (bool, np.bool_)):
         raise TypeError(f"relu6 must be True or False, got {relu6!r}")
@@ -121,7 +122,7 @@ _SW = np.array([0.004, 0.0125, 0.0007])
 EX11 = [
     Task(
         "task_11_1", "int_weights_and_bias", ("w", "b", "in_scale"),
-        "int8 per-channel weights and int32 bias of a folded layer", "ex11", LESSONS["ex11"],
+        "int8 per-channel weights and int32 bias of a folded layer", "ex11", EXERCISE.lesson,
         oracle=_int_layer_oracle, compare=_int_layer_compare,
         fixed=(
             Case("a 3x4 linear layer", (_W34, np.array([0.5, -0.25, 1.0]), 0.02)),
@@ -143,12 +144,12 @@ EX11 = [
         strategy=_strategy_int_layer,
         hint="S_c = max|w_c| / 127 (1 for a zero channel); w_q = clamp(round(w / S_c), -127, 127) as int8; "
         "bias_q = round(b / (S_in S_c)) as int32 (Eqs. 8, 9, 24)",
-        forbidden=("qlearn.integer.quantize_bias", "qlearn.quantize.quantize", "qlearn.qparams.qparams_from_range",
+        forbidden=("qlearn.layer_integers.quantize_bias", "qlearn.quantize.quantize", "qlearn.qparams.qparams_from_range",
                    "qlearn.convert.convert"),
     ),
     Task(
         "task_11_2", "requant_and_clamp", ("in_scale", "w_scale", "out_scale", "out_zp", "relu6"),
-        "the per-channel M0 and shift, and the clamp of a fused ReLU6", "ex11", LESSONS["ex11"],
+        "the per-channel M0 and shift, and the clamp of a fused ReLU6", "ex11", EXERCISE.lesson,
         oracle=_requant_oracle,
         compare=tuple_of(("m0", "shift", "act_min", "act_max"), (ints_equal(), ints_equal(), int_scalar(), int_scalar())),
         fixed=(
@@ -171,7 +172,7 @@ EX11 = [
         strategy=_strategy_requant,
         hint="M_c = S_in S_w,c / S_out -> (m0_c, shift_c) by quantize_multiplier (Eqs. 22-23); ReLU6: "
         "[max(0, Z), min(255, Z + round_half_away(6 / S_out))], else [0, 255] (Eq. 37)",
-        forbidden=("qlearn.integer.requant_multiplier", "qlearn.integer.activation_range", "qlearn.convert.convert"),
+        forbidden=("qlearn.layer_integers.requant_multiplier", "qlearn.layer_integers.activation_range", "qlearn.convert.convert"),
     ),
 ]
 
@@ -208,7 +209,7 @@ def _requant_variant(in_scale: float, w_scale: np.ndarray, out_scale: float, out
 
 # The classic mistakes: known-wrong versions of the tasks' functions. When an answer is wrong on a case,
 # the check runs them on that case, in this order, and a match names the mistake in the hint
-# (``checks.diagnose``): put the more specific mistakes first.
+# (``judge.diagnose``): put the more specific mistakes first.
 BUGS: dict[str, tuple[Bug, ...]] = {
     "task_11_1": (
         Bug("the bias on the weights' scale S_w alone", lambda w, b, si: _int_layer_variant(w, b, si, bias_scale_in=False),

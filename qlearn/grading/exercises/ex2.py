@@ -7,10 +7,14 @@ from typing import Any
 import numpy as np
 
 from qlearn.error import error_breakdown, sqnr_db as _sqnr_db
-from qlearn.grading.checks import Bug, Case, Task
-from qlearn.grading.exercises._common import LESSONS, _grid, _rng_array, _shape, _st, floats_close, tuple_of
+from qlearn.grading.exercises._common import _grid, _rng_array, _shape, _st, floats_close, tuple_of
+from qlearn.grading.spec import Bug, Case, Exercise, Task
 from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import fake_quantize
+
+
+EXERCISE = Exercise("ex2", "ex2_error_analysis.ipynb", "Error analysis: SQNR, rounding and clipping",
+                    "notebooks/02_error_analysis.ipynb")
 
 
 def _strategy_sqnr() -> Any:
@@ -55,7 +59,7 @@ _BOUNDARY = 0.1 * (63 - 20 + 0.5)  # S (qmax - Z + 1/2) for S = 0.1, Z = 20, qma
 EX2 = [
     Task(
         "task_2_1", "sqnr_db", ("x", "x_hat"),
-        "signal-to-quantization-noise ratio in dB", "ex2", LESSONS["ex2"],
+        "signal-to-quantization-noise ratio in dB", "ex2", EXERCISE.lesson,
         oracle=_sqnr_db, compare=floats_close(1e-9, 1e-9),
         fixed=(
             Case("four values with small errors", (np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.1, 1.9, 3.0, 4.2]))),
@@ -76,7 +80,7 @@ EX2 = [
     ),
     Task(
         "task_2_2", "rounding_and_clipping_mse", ("x", "scale", "zero_point", "qmin", "qmax"),
-        "split the fake-quantization MSE into rounding and clipping", "ex2", LESSONS["ex2"],
+        "split the fake-quantization MSE into rounding and clipping", "ex2", EXERCISE.lesson,
         oracle=_breakdown_oracle,
         compare=tuple_of(("rounding_mse", "clipping_mse"), (floats_close(1e-9, 1e-15), floats_close(1e-9, 1e-15))),
         fixed=(
@@ -110,7 +114,7 @@ def _own_count_mse(x: np.ndarray, s: float, z: int, qmin: int, qmax: int) -> tup
 
 # The classic mistakes: known-wrong versions of the tasks' functions. When an answer is wrong on a case,
 # the check runs them on that case, in this order, and a match names the mistake in the hint
-# (``checks.diagnose``): put the more specific mistakes first.
+# (``judge.diagnose``): put the more specific mistakes first.
 BUGS: dict[str, tuple[Bug, ...]] = {
     "task_2_1": (
         Bug("20 log10 (an amplitude ratio)", lambda x, xh: 20 * math.log10(np.sum(x**2) / np.sum((xh - x) ** 2)),

@@ -5,14 +5,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from qlearn.grading.checks import Bug, Case, Task
 from qlearn.grading.exercises._common import (
-    LESSONS, _NP_RULES, _ROUNDING_BUGS, _rng_array, _shape, _st, _with, floats_close, ints_equal,
+    _NP_RULES, _ROUNDING_BUGS, _rng_array, _shape, _st, _with, floats_close, ints_equal,
     tuple_of,
 )
+from qlearn.grading.spec import Bug, Case, Exercise, Task
 from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import quantize
 from qlearn.ranges import minmax_range
+
+
+EXERCISE = Exercise("ex3", "ex3_per_channel.ipynb", "Per-channel quantization parameters",
+                    "notebooks/03_per_channel.ipynb")
 
 
 def _per_channel_minmax_oracle(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +93,7 @@ _W34 = np.array([[0.5, -1.0, 0.25, 2.0], [3.0, 0.0, -6.0, 1.5], [-0.1, 0.2, 0.05
 EX3 = [
     Task(
         "task_3_1", "per_channel_minmax", ("w", "axis"),
-        "min and max of every channel", "ex3", LESSONS["ex3"],
+        "min and max of every channel", "ex3", EXERCISE.lesson,
         oracle=_per_channel_minmax_oracle,
         compare=tuple_of(("lo", "hi"), (floats_close(0.0, 0.0), floats_close(0.0, 0.0))),
         fixed=(
@@ -109,7 +113,7 @@ EX3 = [
     ),
     Task(
         "task_3_2", "symmetric_channel_scales", ("w",),
-        "symmetric int8 scale per output channel", "ex3", LESSONS["ex3"],
+        "symmetric int8 scale per output channel", "ex3", EXERCISE.lesson,
         oracle=_symmetric_scales_oracle, compare=floats_close(1e-12, 0.0),
         fixed=(
             Case("a 3x4 matrix", (_W34,)),
@@ -128,7 +132,7 @@ EX3 = [
     ),
     Task(
         "task_3_3", "quantize_per_channel", ("w", "scales", "axis"),
-        "quantize with one scale per channel", "ex3", LESSONS["ex3"],
+        "quantize with one scale per channel", "ex3", EXERCISE.lesson,
         oracle=_quantize_per_channel_oracle, compare=ints_equal(_per_channel_quotient),
         fixed=(
             Case("a 3x4 matrix, channels on axis 0", (_W34, np.array([2.0, 6.0, 0.2]) / 127, 0)),
@@ -175,7 +179,7 @@ def _sym_scales(w: np.ndarray, levels: int, absolute: bool = True) -> np.ndarray
 
 # The classic mistakes: known-wrong versions of the tasks' functions. When an answer is wrong on a case,
 # the check runs them on that case, in this order, and a match names the mistake in the hint
-# (``checks.diagnose``): put the more specific mistakes first.
+# (``judge.diagnose``): put the more specific mistakes first.
 BUGS: dict[str, tuple[Bug, ...]] = {
     "task_3_1": (
         Bug("reduced along `axis` instead of over the other axes", lambda w, axis: (w.min(axis=axis), w.max(axis=axis)),

@@ -5,11 +5,15 @@ from typing import Any
 
 import numpy as np
 
-from qlearn.grading.checks import Bug, Case, Task
-from qlearn.grading.exercises._common import LESSONS, _shape, _st, floats_close, tuple_of
+from qlearn.grading.exercises._common import _shape, _st, floats_close, tuple_of
+from qlearn.grading.spec import Bug, Case, Exercise, Task
 from qlearn.qparams import qparams_from_range
 from qlearn.quantize import fake_quantize
 from qlearn.ranges import percentile_range as _percentile_range
+
+
+EXERCISE = Exercise("ex4", "ex4_range_estimators.ipynb", "Range estimators: percentile and MSE search",
+                    "notebooks/04_outliers_ranges.ipynb")
 
 
 def _strategy_percentile() -> Any:
@@ -76,7 +80,7 @@ _OUTLIER = np.concatenate([_GAUSS, [40.0]])
 EX4 = [
     Task(
         "task_4_1", "percentile_range", ("x", "pct"),
-        "the (100 - p)-th and p-th percentiles", "ex4", LESSONS["ex4"],
+        "the (100 - p)-th and p-th percentiles", "ex4", EXERCISE.lesson,
         oracle=_percentile_range,
         compare=tuple_of(("lo", "hi"), (floats_close(1e-12, 1e-12), floats_close(1e-12, 1e-12))),
         fixed=(
@@ -97,7 +101,7 @@ EX4 = [
     ),
     Task(
         "task_4_2", "best_clipping_range", ("x", "bits", "alphas"),
-        "search the clipping range with the least MSE", "ex4", LESSONS["ex4"],
+        "search the clipping range with the least MSE", "ex4", EXERCISE.lesson,
         oracle=_best_range_oracle, compare=_compare_best_range,
         fixed=(
             Case("400 Gaussian values, 4 bits", (_GAUSS, 4, [0.25, 0.5, 0.75, 1.0])),

@@ -5,8 +5,12 @@ from typing import Any
 
 import numpy as np
 
-from qlearn.grading.checks import Bug, Case, Task
-from qlearn.grading.exercises._common import LESSONS, _st, floats_close, tuple_of
+from qlearn.grading.exercises._common import _st, floats_close, tuple_of
+from qlearn.grading.spec import Bug, Case, Exercise, Task
+
+
+EXERCISE = Exercise("ex5", "ex5_bn_folding.ipynb", "Batch-norm folding",
+                    "notebooks/05_bn_folding.ipynb")
 
 
 def _bn_eval_oracle(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float) -> np.ndarray:
@@ -75,7 +79,7 @@ def _fold_case(seed: int, shape: tuple[int, ...], bias: bool = True, var: Any = 
 EX5 = [
     Task(
         "task_5_1", "batchnorm_inference", ("z", "gamma", "beta", "mean", "var", "eps"),
-        "batch norm in inference mode, NCHW", "ex5", LESSONS["ex5"],
+        "batch norm in inference mode, NCHW", "ex5", EXERCISE.lesson,
         oracle=_bn_eval_oracle, compare=floats_close(1e-10, 1e-12),
         fixed=(
             Case("a batch (2, 3, 4, 4)", _bn_case(0, (2, 3, 4, 4))),
@@ -93,7 +97,7 @@ EX5 = [
     ),
     Task(
         "task_5_2", "fold_bn", ("w", "b", "gamma", "beta", "mean", "var", "eps"),
-        "fold batch norm into the weights and bias", "ex5", LESSONS["ex5"],
+        "fold batch norm into the weights and bias", "ex5", EXERCISE.lesson,
         oracle=_fold_oracle,
         compare=tuple_of(("w_fold", "b_fold"), (floats_close(1e-10, 1e-12), floats_close(1e-10, 1e-12))),
         fixed=(

@@ -5,12 +5,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from qlearn.grading.checks import Bug, Case, ContractError, Task
 from qlearn.grading.exercises._common import (
-    LESSONS, _ROUNDING_BUGS, _TORCH_RULES, _diff_text, _dyadic_scale, _grid, _near_half, _rng_array,
+    _ROUNDING_BUGS, _TORCH_RULES, _diff_text, _dyadic_scale, _grid, _near_half, _rng_array,
     _shape, _st, _with,
 )
 from qlearn.grading.exercises.ex1 import _quotient_x_scale
+from qlearn.grading.spec import Bug, Case, ContractError, Exercise, Task
+
+
+EXERCISE = Exercise("ex6", "ex6_ste_fake_quant.ipynb", "Fake quantization with a straight-through gradient",
+                    "notebooks/06_qat.ipynb")
 
 
 def _upstream(shape: tuple[int, ...]) -> np.ndarray:
@@ -123,7 +127,7 @@ def _strategy_fake_quant_ste() -> Any:
 EX6 = [
     Task(
         "task_6_1", "round_ste", ("x",),
-        "round with a straight-through gradient", "ex6", LESSONS["ex6"],
+        "round with a straight-through gradient", "ex6", EXERCISE.lesson,
         oracle=_round_ste_oracle, compare=_compare_ste(None), call=_call_ste,
         fixed=(
             Case("five values", (np.array([-1.7, -0.2, 0.3, 1.49, 3.8]),)),
@@ -141,7 +145,7 @@ EX6 = [
     ),
     Task(
         "task_6_2", "fake_quant_ste", ("x", "scale", "zero_point", "qmin", "qmax"),
-        "fake quantization with a clipped straight-through gradient", "ex6", LESSONS["ex6"],
+        "fake quantization with a clipped straight-through gradient", "ex6", EXERCISE.lesson,
         oracle=_fake_quant_ste_oracle, compare=_compare_ste(_quotient_x_scale), call=_call_ste,
         fixed=(
             Case("values inside and outside [0, 2.55]", (np.array([-1.0, 0.0, 0.123, 1.0, 2.55, 3.0]), 0.01, 0, 0, 255)),
@@ -183,7 +187,7 @@ def _fq_ste_rule(rnd: Callable[[Any], Any]) -> Callable[..., Any]:
 
 # The classic mistakes: known-wrong versions of the tasks' functions. When an answer is wrong on a case,
 # the check runs them on that case, in this order, and a match names the mistake in the hint
-# (``checks.diagnose``): put the more specific mistakes first.
+# (``judge.diagnose``): put the more specific mistakes first.
 BUGS: dict[str, tuple[Bug, ...]] = {
     "task_6_1": (
         Bug("torch.round without the straight-through trick", lambda x: __import__("torch").round(x),

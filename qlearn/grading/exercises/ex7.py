@@ -11,10 +11,14 @@ from qlearn.fixedpoint import (
     _quantize_multiplier, rounding_divide_by_pot as _rdbpot, saturating_rounding_doubling_high_mul as
     _srdhm,
 )
-from qlearn.grading.checks import Bug, Case, Task
 from qlearn.grading.exercises._common import (
-    LESSONS, _RULE_NAMES, _div_pot, _half_away, _st, int_scalar, tuple_of,
+    _RULE_NAMES, _div_pot, _half_away, _st, int_scalar, tuple_of,
 )
+from qlearn.grading.spec import Bug, Case, Exercise, Task
+
+
+EXERCISE = Exercise("ex7", "ex7_fixed_point.ipynb", "quantize_multiplier and the fixed-point multiply",
+                    "notebooks/08_integer_inference.ipynb")
 
 
 def _int32() -> Any:
@@ -72,7 +76,7 @@ def _strategy_quantize_multiplier() -> Any:
 EX7 = [
     Task(
         "task_7_1", "srdhm", ("a", "b"),
-        "SaturatingRoundingDoublingHighMul (ARM SQRDMULH)", "ex7", LESSONS["ex7"],
+        "SaturatingRoundingDoublingHighMul (ARM SQRDMULH)", "ex7", EXERCISE.lesson,
         oracle=_srdhm, compare=int_scalar(),
         fixed=(
             Case("0.5 as a fraction: (2^15, 2^15)", (2**15, 2**15)),
@@ -97,7 +101,7 @@ EX7 = [
     ),
     Task(
         "task_7_2", "rounding_divide_by_pot", ("x", "exponent"),
-        "RoundingDivideByPOT: x / 2^exponent, ties away from zero", "ex7", LESSONS["ex7"],
+        "RoundingDivideByPOT: x / 2^exponent, ties away from zero", "ex7", EXERCISE.lesson,
         oracle=_rdbpot, compare=int_scalar(),
         fixed=(
             Case("100 / 2^3 = 12.5", (100, 3)),
@@ -122,7 +126,7 @@ EX7 = [
     ),
     Task(
         "task_7_3", "quantize_multiplier", ("m",),
-        "a real multiplier as (m0, shift), M = m0 2^(shift - 31)", "ex7", LESSONS["ex7"],
+        "a real multiplier as (m0, shift), M = m0 2^(shift - 31)", "ex7", EXERCISE.lesson,
         oracle=_quantize_multiplier, compare=tuple_of(("m0", "shift"), (int_scalar(), int_scalar())),
         fixed=(
             Case("M = 0.25", (0.25,)),
@@ -146,7 +150,7 @@ EX7 = [
     ),
     Task(
         "task_7_4", "multiply_by_quantized_multiplier", ("x", "m0", "shift"),
-        "x * M in integers, TFLite's double rounding", "ex7", LESSONS["ex7"],
+        "x * M in integers, TFLite's double rounding", "ex7", EXERCISE.lesson,
         oracle=_mbqm, compare=int_scalar(),
         fixed=(
             Case("10000 * 0.00097656", (10000, 2147478150, -10)),
@@ -234,7 +238,7 @@ _AWAY = "ties go away from zero (TFLite's rounding): -1.5 -> -2, 2.5 -> 3"
 
 # The classic mistakes: known-wrong versions of the tasks' functions. When an answer is wrong on a case,
 # the check runs them on that case, in this order, and a match names the mistake in the hint
-# (``checks.diagnose``): put the more specific mistakes first.
+# (``judge.diagnose``): put the more specific mistakes first.
 BUGS: dict[str, tuple[Bug, ...]] = {
     "task_7_1": (
         Bug("ties away from zero", _srdhm_rule("half_away"), "SRDHM sends ties toward +inf (-50.5 -> -50): nudge = 1 - 2^30 for a negative product, then truncate toward zero"),

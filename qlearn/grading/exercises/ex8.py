@@ -8,9 +8,13 @@ import numpy as np
 from qlearn.fixedpoint import (
     multiply_by_quantized_multiplier as _mbqm, quantize_multiplier as _quantize_multiplier,
 )
-from qlearn.grading.checks import Bug, Case, Task
-from qlearn.grading.exercises._common import LESSONS, _RULE_NAMES, _half_away, _half_up, _st, ints_equal
+from qlearn.grading.exercises._common import _RULE_NAMES, _half_away, _half_up, _st, ints_equal
+from qlearn.grading.spec import Bug, Case, Exercise, Task
 from qlearn.integer import conv2d as _conv2d, conv2d_accumulator as _conv2d_accumulator
+
+
+EXERCISE = Exercise("ex8", "ex8_integer_conv.ipynb", "An integer-only convolution layer",
+                    "notebooks/08_integer_inference.ipynb")
 
 
 def _acc_oracle(x_q: np.ndarray, x_zp: int, w_q: np.ndarray, bias_q: np.ndarray, stride: int, padding: int) -> np.ndarray:
@@ -90,7 +94,7 @@ _M0, _SHIFT = _quantize_multiplier(0.002)
 EX8 = [
     Task(
         "task_8_1", "conv_accumulator", ("x_q", "x_zp", "w_q", "bias_q", "stride", "padding"),
-        "the int32 accumulator of a quantized convolution", "ex8", LESSONS["ex8"],
+        "the int32 accumulator of a quantized convolution", "ex8", EXERCISE.lesson,
         oracle=_acc_oracle, compare=ints_equal(),
         fixed=(
             Case("a 4x4 image, one 2x2 kernel", (_X1, 128, _W1, _B1, 1, 0)),
@@ -114,7 +118,7 @@ EX8 = [
     Task(
         "task_8_2", "quantized_conv2d",
         ("x_q", "x_zp", "w_q", "bias_q", "m0", "shift", "out_zp", "stride", "padding", "act_min", "act_max"),
-        "a whole quantized convolution: accumulate, requantize, clamp", "ex8", LESSONS["ex8"],
+        "a whole quantized convolution: accumulate, requantize, clamp", "ex8", EXERCISE.lesson,
         oracle=_qconv_oracle, compare=ints_equal(),
         fixed=(
             Case("a 4x4 image, one 2x2 kernel", (_X1, 128, _W1, _B1, _M0, _SHIFT, 10, 1, 0, 0, 255)),
@@ -174,7 +178,7 @@ def _qconv_no_clamp(x_q, x_zp, w_q, bias_q, m0, shift, out_zp, stride, padding, 
 
 # The classic mistakes: known-wrong versions of the tasks' functions. When an answer is wrong on a case,
 # the check runs them on that case, in this order, and a match names the mistake in the hint
-# (``checks.diagnose``): put the more specific mistakes first.
+# (``judge.diagnose``): put the more specific mistakes first.
 BUGS: dict[str, tuple[Bug, ...]] = {
     "task_8_1": (
         Bug("padded with 0 instead of the zero point", lambda x, z, w, b, s, p: _acc_np(x, z, w, b, s, p, pad_code=False),

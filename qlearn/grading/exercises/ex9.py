@@ -5,13 +5,16 @@ from typing import Any
 
 import numpy as np
 
-from qlearn.grading.checks import Bug, Case, Task
-from qlearn.grading.exercises._common import LESSONS, _shape, _st, floats_close, tuple_of
+from qlearn.grading.exercises._common import _shape, _st, floats_close, tuple_of
+from qlearn.grading.spec import Bug, Case, Exercise, Task
+from qlearn.ranges import EMARange
+
+
+EXERCISE = Exercise("ex9", "ex9_ema_qat_step.ipynb", "EMA activation ranges and one QAT training step",
+                    "notebooks/06_qat.ipynb")
 
 
 def _ema_oracle(batches: list, decay: float) -> tuple[float, float]:
-    from qlearn.ranges import EMARange
-
     ema = EMARange(decay)
     for b in batches:
         ema.update(b)
@@ -75,7 +78,7 @@ _TQ = np.array([[0.2, 1.0], [-0.4, 0.1], [0.9, 2.1], [0.0, -0.5]])
 EX9 = [
     Task(
         "task_9_1", "ema_range", ("batches", "decay"),
-        "the EMA of the batch min and max (activation ranges in QAT)", "ex9", LESSONS["ex9"],
+        "the EMA of the batch min and max (activation ranges in QAT)", "ex9", EXERCISE.lesson,
         oracle=_ema_oracle,
         compare=tuple_of(("lo", "hi"), (floats_close(1e-10, 1e-12), floats_close(1e-10, 1e-12))),
         fixed=(
@@ -99,7 +102,7 @@ EX9 = [
     ),
     Task(
         "task_9_2", "qat_step", ("w", "x", "target", "scale", "lr"),
-        "one QAT training step of a linear layer: fake-quantized forward, STE backward, SGD update", "ex9", LESSONS["ex9"],
+        "one QAT training step of a linear layer: fake-quantized forward, STE backward, SGD update", "ex9", EXERCISE.lesson,
         oracle=_qat_step_oracle, compare=floats_close(1e-9, 1e-12),
         fixed=(
             Case("a 2x3 layer, 4 samples", (_WQ, _XQ, _TQ, 0.01, 0.1)),
@@ -159,7 +162,7 @@ def _qat_variant(w: np.ndarray, x: np.ndarray, target: np.ndarray, scale: float,
 
 # The classic mistakes: known-wrong versions of the tasks' functions. When an answer is wrong on a case,
 # the check runs them on that case, in this order, and a match names the mistake in the hint
-# (``checks.diagnose``): put the more specific mistakes first.
+# (``judge.diagnose``): put the more specific mistakes first.
 BUGS: dict[str, tuple[Bug, ...]] = {
     "task_9_1": (
         Bug("the EMA started at (0, 0)", lambda bs, d: _ema_variant(bs, d, start_at_zero=True),
