@@ -3,13 +3,13 @@
 * ``qlearn integer``  qlearn.integer.IntegerModel (from qlearn.convert.convert): readable numpy, integer
                       arithmetic only; float in -> quantize -> integer layers -> dequantize
 * ``torch float``     the float MobileNet in eval mode with BN folded into the convs (qlearn.bn_fold)
-* ``torch int8``      the same integers on PyTorch's int8 kernels (qlearn.latency.to_torch_int8, engine "auto":
+* ``torch int8``      the same integers on PyTorch's int8 kernels (qlearn.torch_int8.to_torch_int8, engine "auto":
                       qnnpack for full-range 8-bit integers, exact on every CPU; x86 when no int16 pair can
                       saturate); the engine and the reason are recorded per model
 * ``torch int8 (own QAT)``  PyTorch's eager-mode QAT model of the same float network, converted
 
 at batch 1 (latency) and batch 256 (throughput), each int8 model built fresh for its batch size (see
-qlearn.latency on PyTorch's first-call primitive cache). The PyTorch contenders are timed in alternating rounds;
+qlearn.torch_int8 on PyTorch's first-call primitive cache). The PyTorch contenders are timed in alternating rounds;
 ratios are against ``torch float`` measured in the same run. The per-layer comparison of benchmarks/bench_integer.py is included for the kernels.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from benchmarks import bench_integer
 from qlearn.bn_fold import fuse_model
-from qlearn.latency import to_torch_int8
+from qlearn.torch_int8 import to_torch_int8
 from qlearn.timing import interleaved
 
 

@@ -38,10 +38,10 @@ def run(arch: str = "mobilenet_v1", width: float = 0.5, size: int = 32, *, batch
     from qlearn.bn_fold import fuse_model
     from qlearn.convert import convert, quantize_input
     from qlearn.data import load_digits_data
-    from qlearn.latency import Int16SaturationWarning, to_torch_int8
+    from qlearn.torch_int8 import Int16SaturationWarning, to_torch_int8
     from qlearn.models import MODELS
     from qlearn.ptq import post_training_quantize
-    from qlearn.qat import QATConfig
+    from qlearn.qat_layers import QATConfig
     from qlearn.timing import interleaved
     from qlearn.train import seed_everything
 

@@ -6,7 +6,7 @@ The W8A8 per-channel PTQ model of ``qlearn.imagenet_ptq`` (dead channels zeroed,
 calibration crops) converted by ``qlearn.convert``, measured on one thread:
 
 * qlearn's numpy integer engine: images per second at batch 1 (written to be read, not to be fast);
-* the same integers on PyTorch's int8 kernels (``qlearn.latency.to_torch_int8``, engine "auto") against
+* the same integers on PyTorch's int8 kernels (``qlearn.torch_int8.to_torch_int8``, engine "auto") against
   the BN-fused float model, batch 1, median of interleaved rounds (``qlearn.timing.interleaved``).
 
 ``to_torch_int8`` deploys the five TF-"SAME" stride-2 layers as a quantized ``F.pad`` (which fills with the
@@ -35,7 +35,7 @@ def run(*, crops: int = 4, repeats: int = 20, engine_images: int = 2) -> dict:
     from qlearn.efficientnet import efficientnet_lite0, fuse_efficientnet, preprocess
     from qlearn.equalization import folded_form, zero_dead_channels
     from qlearn.imagenet_ptq import ptq_variant
-    from qlearn.latency import to_torch_int8
+    from qlearn.torch_int8 import to_torch_int8
     from qlearn.photos import sample_crops
     from qlearn.threads import one_thread
     from qlearn.timing import Stopwatch, interleaved

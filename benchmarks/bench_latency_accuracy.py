@@ -6,7 +6,7 @@ For every (width, input size) of MobileNet v1 on the digits data:
    (eval, BN folded);
 2. quantization-aware training from it with qlearn (8-bit, per-channel, BN frozen half-way),
    ``qlearn.convert.convert`` -> the integer model;
-3. deploy those integers on PyTorch's int8 kernels (``qlearn.latency.to_torch_int8``, engine "auto":
+3. deploy those integers on PyTorch's int8 kernels (``qlearn.torch_int8.to_torch_int8``, engine "auto":
    qnnpack for full-range 8-bit integers, exact on every CPU; x86 when no int16 pair sum can saturate):
    its accuracy and batch-1 latency are the 8-bit point, recorded with the engine and the reason;
 4. check the deployment against qlearn's integer engine on the same uint8 input codes: top-1
@@ -31,9 +31,10 @@ from qlearn.bn_fold import fuse_model
 from qlearn.convert import convert, quantize_input
 from qlearn.data import load_digits_data
 from qlearn.agreement import code_agreement
-from qlearn.latency import to_torch_int8
+from qlearn.torch_int8 import to_torch_int8
 from qlearn.models import MODELS
-from qlearn.qat import QATConfig, prepare_qat
+from qlearn.qat import prepare_qat
+from qlearn.qat_layers import QATConfig
 from qlearn.timing import interleaved
 from qlearn.train import TrainConfig, evaluate, seed_everything, train
 
@@ -84,7 +85,7 @@ def one_point(arch: str, width: float, size: int, s: dict, seed: int) -> dict:
         int8_acc = float((deployed(data.x_test).argmax(1) == data.y_test).double().mean())
         x1 = data.x_test[:1].contiguous()
         # a fresh int8 model whose first call is batch 1: PyTorch's oneDNN kernels keep the primitive
-        # of their first call and rebuild it on every call of another shape (qlearn.latency)
+        # of their first call and rebuild it on every call of another shape (qlearn.torch_int8)
         timed = to_torch_int8(integer_model, deployed.engine)
         fns = {"float": lambda: fused(x1), "int8": lambda: timed(x1)}
         ort = _onnx_runtime(integer_model)  # the same integers on ONNX Runtime, where it is installed

@@ -7,7 +7,7 @@ identical on every machine) is converted by ``qlearn.convert.convert``, then
   integer pool) and run in an ONNX Runtime session with one intra-op thread -- twice: the QLinear graph
   ("onnxruntime_int8") and the bit-exact fixed-point graph (``requant="fixedpoint"``,
   "onnxruntime_int8_fixedpoint": ConvInteger + qlearn's MBQM in int64 operators);
-* handed to PyTorch's int8 kernels by ``qlearn.latency.to_torch_int8`` (engine "auto"; its choice and
+* handed to PyTorch's int8 kernels by ``qlearn.torch_int8.to_torch_int8`` (engine "auto"; its choice and
   reason are recorded);
 * against the BN-fused float model in PyTorch.
 
@@ -37,7 +37,7 @@ FULL = {"batches": (1, 256), "repeats": 60, "extra": (("mobilenet_v1", 1.0, 32),
 def _timings(integer_model: Any, float_model: Any, x: torch.Tensor, x_q: np.ndarray, batch: int,
              repeats: int) -> dict:
     """Median/p95 ms of the three runtimes on the first ``batch`` images (tiled when there are fewer)."""
-    from qlearn.latency import to_torch_int8
+    from qlearn.torch_int8 import to_torch_int8
     from qlearn.onnx_export import to_onnx_runtime
 
     reps = -(-batch // x.shape[0])
@@ -58,7 +58,7 @@ def _timings(integer_model: Any, float_model: Any, x: torch.Tensor, x_q: np.ndar
 
 def _point(name: str, integer_model: Any, float_model: Any, x: torch.Tensor, x_q: np.ndarray, s: dict,
            labels: np.ndarray | None) -> dict:
-    from qlearn.latency import to_torch_int8
+    from qlearn.torch_int8 import to_torch_int8
     from qlearn.onnx_export import to_onnx_runtime
 
     ours = integer_model.run(x_q)

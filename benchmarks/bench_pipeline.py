@@ -30,7 +30,8 @@ from benchmarks import torch_flow
 from qlearn.convert import convert, quantize_input
 from qlearn.data import load_dataset
 from qlearn.pipeline import PRESETS, PipelineConfig, run_pipeline
-from qlearn.qat import QATConfig, prepare_qat
+from qlearn.qat import prepare_qat
+from qlearn.qat_layers import QATConfig
 from qlearn.timing import Stopwatch
 from qlearn.train import TrainConfig, evaluate, load_checkpoint, train
 

@@ -22,7 +22,7 @@ def machine() -> dict[str, Any]:
     import matplotlib
     import torch
 
-    from qlearn.latency import cpu_int8_features
+    from qlearn.torch_int8 import cpu_int8_features
 
     cpuinfo = _read("/proc/cpuinfo")
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
@@ -53,7 +53,7 @@ def machine() -> dict[str, Any]:
         "versions": versions,
         "torch_threads": torch.get_num_threads(),
         # PyTorch's x86 int8 kernels add uint8 x int8 products in int16 pairs without VNNI (qlearn.saturation);
-        # each deployment records the engine qlearn.latency chose for its integers, and why
+        # each deployment records the engine qlearn.torch_int8 chose for its integers, and why
         "int8_features": {k: v for k, v in cpu_int8_features().items() if k != "source"},
-        "quantized_engine": "per deployment: qlearn.latency.to_torch_int8(engine='auto')",
+        "quantized_engine": "per deployment: qlearn.torch_int8.to_torch_int8(engine='auto')",
     }

@@ -64,8 +64,8 @@ def render(results: dict, report: dict) -> str:
         lo, hi = h["int8_vs_float_latency_speedup_range"]
         b256 = [e["batch_256"]["torch int8"] for e in h.get("engine_speedup_vs_torch_float", {}).values()]
         engine = h.get("int8_engine")
-        how = ("chosen by `qlearn.latency` so that it computes what qlearn's engine computes" if engine else
-               "recorded before `qlearn.latency` chose the engine from the integers; see benchmarks/RESULTS.md")
+        how = ("chosen by `qlearn.torch_int8` so that it computes what qlearn's engine computes" if engine else
+               "recorded before `qlearn.torch_int8` chose the engine from the integers; see benchmarks/RESULTS.md")
         extra = f" and **{min(b256):.1f}–{max(b256):.1f}×** at batch 256" if b256 else ""
         lines.append(f"- **int8 is faster on a real int8 runtime**: the QAT integers deployed on PyTorch's `{engine or 'x86'}` "
                      f"int8 engine ({how}) run "

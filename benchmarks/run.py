@@ -24,7 +24,7 @@ benchmarks/results.json and figures/latency_vs_accuracy.png. Sections (``--only`
     grading     a class batch with attacks, sandboxed vs not                (bench_grading)
     distributed the folder pipeline on 1 and 2 processes (torchrun, gloo)   (bench_distributed)
 
-The int8 deployments use ``qlearn.latency.to_torch_int8(engine="auto")``; each records the engine it
+The int8 deployments use ``qlearn.torch_int8.to_torch_int8(engine="auto")``; each records the engine it
 ran on and why, and the machine record lists the CPU's int8 features (avx2 / avx512_vnni / avx_vnni /
 amx_int8), which decide whether PyTorch's x86 kernels add products in saturating int16 pairs.
 
@@ -321,7 +321,7 @@ def markdown(results: dict) -> str:
         lines += ["", "## Latency vs accuracy (the paper's Figure 4.1 on this CPU)", "",
                   f"{st['arch']} on digits, float {st['float_epochs']} epochs then qlearn 8-bit QAT {st['qat_epochs']} "
                   f"epochs; the QAT integers deployed on PyTorch's {lat.get('engine', 'x86')} int8 engine "
-                  f"(qlearn.latency.to_torch_int8, engine 'auto': "
+                  f"(qlearn.torch_int8.to_torch_int8, engine 'auto': "
                   f"{'; '.join(sorted({p.get('engine_reason', 'x86: recorded before the engine was chosen') for p in lat['points']}))}). "
                   f"Batch 1, {lat['threads']} thread(s), float and int8 timed in alternating rounds. Figure: "
                   f"`{results['figure']}`.", "",
@@ -344,7 +344,7 @@ def markdown(results: dict) -> str:
                   f"ONNX Runtime {ox['onnxruntime']}, one thread for every runtime. The same integers on three engines: "
                   "qlearn's converted 8-bit QAT model exported with `qlearn.onnx_export` (uint8 weights: exact U8U8 "
                   "kernels on every x86 CPU; integer pool, Eq. 35) and run by ONNX Runtime on uint8 codes; handed to "
-                  "PyTorch's int8 kernels by `qlearn.latency.to_torch_int8` (engine \"auto\"); and the BN-fused float "
+                  "PyTorch's int8 kernels by `qlearn.torch_int8.to_torch_int8` (engine \"auto\"); and the BN-fused float "
                   "model. Median ms of interleaved rounds.", "",
                   "| model | batch | ONNX Runtime int8 ms | ONNX fixed-point (bit-exact) ms | torch int8 ms (engine) | "
                   "torch float ms | ONNX vs float | ONNX vs torch int8 |", "|---|---|---|---|---|---|---|---|"]

@@ -97,7 +97,7 @@ _LAZY = {
     "save_checkpoint": "train", "load_checkpoint": "train",
     "fake_quant_ste": "fake_quant", "ActFakeQuant": "fake_quant",
     "QATConfig": "qat_layers", "set_quantization": "qat_layers",
-    "prepare_qat": "qat", "load_qat_state": "qat", "FakeQuantMobileNet": "qat", "QATMobileNet": "qat",
+    "prepare_qat": "qat", "load_qat_state": "qat", "FakeQuantMobileNet": "qat",
     "calibrate": "ptq", "post_training_quantize": "ptq", "ptq_sweep": "ptq", "PTQ_METHODS": "ptq",
     "compare": "convert", "quantize_input": "convert", "Agreement": "agreement",
     "PipelineConfig": "pipeline.config", "run_pipeline": "pipeline.run",

@@ -1,6 +1,6 @@
 """Conversion: from a trained fake-quant model to the integer engine's model (paper Sec. 2.2-2.4, 3).
 
-A ``QATMobileNet`` (after QAT, or from ``qlearn.ptq``) already computes, in floating point, what the
+A ``FakeQuantMobileNet`` (after QAT, or from ``qlearn.ptq``) already computes, in floating point, what the
 integer model will compute: its weights sit on an int8 grid, its biases on an int32 grid, its
 activations on uint8 grids. ``convert`` writes those grids down as integers (Eq. 66):
 
@@ -31,22 +31,17 @@ from qlearn.agreement import Agreement, code_agreement
 from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear, conv_layer, linear_layer
 from qlearn.integer_model import IntegerModel
 from qlearn.layer_integers import int32_bias
-from qlearn.qat import (
-    QATConvBN,
-    QATDepthwiseSeparable,
-    QATInvertedResidual,
-    QATLinear,
-    QATMobileNet,
-    _quantize_int,
-)
+from qlearn.fake_quant import quantize_int
+from qlearn.qat import QATDepthwiseSeparable, QATInvertedResidual, FakeQuantMobileNet
+from qlearn.qat_layers import QATConvBN, QATLinear
 
 __all__ = ["convert", "quantize_input", "compare"]
 
 
-def _check_ready(model: Any) -> QATMobileNet:
-    if not isinstance(model, QATMobileNet):
+def _check_ready(model: Any) -> FakeQuantMobileNet:
+    if not isinstance(model, FakeQuantMobileNet):
         raise TypeError(
-            f"convert needs a QATMobileNet (from qlearn.qat.prepare_qat or qlearn.ptq), got {type(model).__name__}"
+            f"convert needs a FakeQuantMobileNet (from qlearn.qat.prepare_qat or qlearn.ptq), got {type(model).__name__}"
         )
     for name, q in model.quantizers():
         if not q.has_range:
@@ -96,8 +91,8 @@ def _linear_layer(name: str, src: str, m: QATLinear) -> QLinear:
 
 
 @torch.no_grad()
-def convert(qat_model: QATMobileNet) -> IntegerModel:
-    """The integer engine's model of a trained ``QATMobileNet``: int8 weights, int32 biases, per-channel
+def convert(qat_model: FakeQuantMobileNet) -> IntegerModel:
+    """The integer engine's model of a trained ``FakeQuantMobileNet``: int8 weights, int32 biases, per-channel
     (M0, shift), zero points and clamps of every layer (Eqs. 65-67; paper Sec. 2.2-2.4).
 
     The QAT model must have every activation range set (trained or calibrated); it is not modified
@@ -144,26 +139,26 @@ def convert(qat_model: QATMobileNet) -> IntegerModel:
     )
 
 
-def quantize_input(qat_model: QATMobileNet, images: torch.Tensor) -> np.ndarray:
+def quantize_input(qat_model: FakeQuantMobileNet, images: torch.Tensor) -> np.ndarray:
     """The uint8 codes the fake-quant model's input quantizer gives ``images`` (N, C, H, W).
 
     Same float32 arithmetic as its forward (x * (1/S), round half to even), so both models start
     from identical integers. (``IntegerModel.__call__`` quantizes in float64 with x / S, which can
     round the other way when x / S lies within float32 error of a tie k + 1/2.)
     """
-    if not isinstance(qat_model, QATMobileNet):
-        raise TypeError(f"qat_model must be a QATMobileNet, got {type(qat_model).__name__}")
+    if not isinstance(qat_model, FakeQuantMobileNet):
+        raise TypeError(f"qat_model must be a FakeQuantMobileNet, got {type(qat_model).__name__}")
     if not isinstance(images, torch.Tensor) or not torch.is_floating_point(images) or images.ndim != 4:
         raise TypeError("images must be a float tensor (N, C, H, W)")
     qp = qat_model.input_quant.qparams()
     s = torch.tensor(qp.scale, dtype=images.dtype)
-    q = _quantize_int(images.detach().cpu(), s, torch.tensor(float(qp.zero_point), dtype=images.dtype), qp.qmin, qp.qmax)
+    q = quantize_int(images.detach().cpu(), s, torch.tensor(float(qp.zero_point), dtype=images.dtype), qp.qmin, qp.qmax)
     return q.numpy().astype(qp.dtype)
 
 
 @torch.no_grad()
 def compare(
-    qat_model: QATMobileNet, integer_model: IntegerModel, images: torch.Tensor,
+    qat_model: FakeQuantMobileNet, integer_model: IntegerModel, images: torch.Tensor,
     labels: torch.Tensor | None = None, *, batch_size: int = 128, progress: bool = False,
 ) -> Agreement:
     """Run both models on ``images`` and compare their logits in output LSBs (Eq. 69).

@@ -7,7 +7,7 @@ The computations of the deployment lesson (no widgets, no plotting):
   default for its engine), ``fuse_modules`` (conv + BN), ``prepare`` (observers in), calibrate,
   ``convert`` (quantized modules). It picks its own ranges, so its integers are not qlearn's.
 * ``three_engines``: qlearn's integers on qlearn's engine, on PyTorch's int8 kernels
-  (``qlearn.latency.to_torch_int8``) and on ONNX Runtime (``qlearn.onnx_export``), compared code by
+  (``qlearn.torch_int8.to_torch_int8``) and on ONNX Runtime (``qlearn.onnx_export``), compared code by
   code with ``qlearn.agreement.code_agreement`` (Eq. 69), with the eager flow's accuracy beside them.
 * ``requant_rounding`` / ``pool_ties``: where the runtimes round differently -- the float multiplier
   M = S1 S2 / S3 rounded half to even (PyTorch, ONNX Runtime) against the fixed-point M0 2^(shift-31)
@@ -37,7 +37,7 @@ import torch.ao.quantization as tq
 from torch import nn
 
 from qlearn.agreement import Agreement, code_agreement
-from qlearn.latency import to_torch_int8
+from qlearn.torch_int8 import to_torch_int8
 from qlearn.models import ConvBNReLU, DepthwiseSeparable, InvertedResidual, MobileNet
 from qlearn.threads import one_thread
 from qlearn.timing import measure

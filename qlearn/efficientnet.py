@@ -34,7 +34,9 @@ from torch import nn
 
 from qlearn.integer import _padding
 from qlearn.models import ConvBNReLU, InvertedResidual, MobileNet
-from qlearn.qat import QATConfig, QATConvBN, _bias_fake_quant, prepare_qat
+from qlearn.fake_quant import bias_fake_quant
+from qlearn.qat import prepare_qat
+from qlearn.qat_layers import QATConfig, QATConvBN
 
 __all__ = [
     "Conv2dSame",
@@ -305,7 +307,7 @@ class _QATConvBNLite(QATConvBN):
         w_hat, s_w = self._fake_quant_weight(w_fold)
         bias_scale = self._bias_scale(s_w, self.conv.out_channels)
         if bias_scale is not None:
-            b_fold = _bias_fake_quant(b_fold, bias_scale)  # int32 grid S1 S2 (Eq. 65)
+            b_fold = bias_fake_quant(b_fold, bias_scale)  # int32 grid S1 S2 (Eq. 65)
         y = self._conv(x, w_hat) + b_fold.reshape(1, -1, 1, 1)  # (Eq. 62)
         return self.act(torch.relu(y))  # the uint8 grid starts at 0: Z = 0, the clamp is the ReLU
 

@@ -139,7 +139,7 @@ def zero_dead_channels(model: MobileNet, rel: float = DEAD_REL) -> dict[str, int
     Such "dead" channels output a constant relu(b_fold); their weights change the output by at most
     rel * max|w| * sum |x| per value. Left in, they break integer inference per channel: S_w is
     ~1e-9 of the layer's, so the int32 bias b / (S_in S_w) overflows (Eq. 65). A zero channel gets
-    S_w = 1 (``qlearn.qat.weight_scale``), and its bias fits.
+    S_w = 1 (``qlearn.fake_quant.weight_scale``), and its bias fits.
     """
     _check_folded(model)
     if isinstance(rel, bool) or not isinstance(rel, (int, float)) or not 0 < rel < 1:
@@ -214,7 +214,7 @@ def bias_correct(model: MobileNet, images: torch.Tensor, *, weight_bits: int = 8
     ``images`` (float model, (N, C, H, W)), and b <- b - sum eps E[x] over input channels and taps
     (padding ignored). The quantized layer's output mean then matches the float one's.
     """
-    from qlearn.qat import _quantize_int, weight_scale
+    from qlearn.fake_quant import quantize_int, weight_scale
 
     _check_folded(model)
     weight_bits = check_bits(weight_bits)
@@ -245,7 +245,7 @@ def bias_correct(model: MobileNet, images: torch.Tensor, *, weight_bits: int = 8
         w = b.conv.weight.double()  # (Cout, Cin/g, kh, kw)
         s = weight_scale(w, weight_bits, per_channel=per_channel)
         s_b = s.reshape(-1, 1, 1, 1) if per_channel else s
-        eps = _quantize_int(w, s_b, torch.zeros_like(s_b), -qmax, qmax) * s_b - w  # (Cout, Cin/g, kh, kw)
+        eps = quantize_int(w, s_b, torch.zeros_like(s_b), -qmax, qmax) * s_b - w  # (Cout, Cin/g, kh, kw)
         mean_x = sums[name] / counts[name]  # (Cin,) float64
         g = b.conv.groups
         cout, cg = w.shape[:2]

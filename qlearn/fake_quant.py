@@ -88,7 +88,7 @@ def _broadcast(v: torch.Tensor, ndim: int, axis: int | None) -> torch.Tensor:
     return v.reshape(shape)
 
 
-def _quantize_int(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+def quantize_int(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """q = clamp(round(x * (1/S)) + Z, qmin, qmax), as floats holding integers (Eq. 50, first half).
 
     x times the float32 reciprocal of S, rounded half to even -- the arithmetic of
@@ -104,7 +104,7 @@ class _FakeQuantSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:  # type: ignore[override]
-        q = _quantize_int(x, scale, zp, qmin, qmax)
+        q = quantize_int(x, scale, zp, qmin, qmax)
         lo = (qmin - zp) * scale  # the real ends of the grid (Eq. 7)
         hi = (qmax - zp) * scale
         ctx.save_for_backward((x >= lo) & (x <= hi))  # inside, boundaries included
@@ -215,7 +215,7 @@ def weight_scale(w: torch.Tensor, bits: int = 8, *, per_channel: bool = True, me
     return torch.where(scale >= _TINY32, scale, torch.ones_like(scale))
 
 
-def _bias_fake_quant(b: torch.Tensor, bias_scale: torch.Tensor) -> torch.Tensor:
+def bias_fake_quant(b: torch.Tensor, bias_scale: torch.Tensor) -> torch.Tensor:
     """b_hat = S1 S2 clamp(round(b / (S1 S2)), int32) with a straight-through gradient (Eq. 65).
 
     The integer kernel adds round(b / (S1 S2)) to its int32 accumulator (paper Sec. 2.4, Eq. 24);

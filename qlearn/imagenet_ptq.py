@@ -35,7 +35,8 @@ from qlearn.error import sqnr_db
 from qlearn.files import atomic_write_text, write_then_rename
 from qlearn.photos import sample_crops
 from qlearn.ptq import calibrate
-from qlearn.qat import QATConfig, _quantize_int, set_quantization, weight_scale
+from qlearn.fake_quant import quantize_int, weight_scale
+from qlearn.qat_layers import QATConfig, set_quantization
 from qlearn.ranges import mse_range, percentile_range
 from qlearn.timing import Stopwatch
 
@@ -125,7 +126,7 @@ def layer_ranges(folded: torch.nn.Module, bits: int = 8) -> list[dict]:
         for per_channel in (False, True):
             s = weight_scale(w, bits, per_channel=per_channel)
             s_b = s.reshape(-1, 1, 1, 1) if per_channel else s
-            w_hat = _quantize_int(w, s_b, torch.zeros_like(s_b), -qmax, qmax) * s_b
+            w_hat = quantize_int(w, s_b, torch.zeros_like(s_b), -qmax, qmax) * s_b
             row["sqnr_per_channel" if per_channel else "sqnr_per_tensor"] = float(sqnr_db(w.numpy(), w_hat.numpy()))
         rows.append(row)
     return rows
@@ -234,7 +235,7 @@ def integer_check(qmodel: Any, x: torch.Tensor) -> dict:
 def layer_lsb(qmodel: Any, imodel: Any, x: torch.Tensor) -> dict:
     """Feed every integer conv layer the fake-quant model's codes of its input; the max |difference| of
     its output codes from the fake-quant ones, per layer ({name: LSBs}). Isolates each layer's rounding."""
-    from qlearn.qat import QATConvBN
+    from qlearn.qat_layers import QATConvBN
 
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     mods = {n: m for n, m in qmodel.named_modules() if isinstance(m, QATConvBN)}

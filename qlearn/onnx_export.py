@@ -1,6 +1,6 @@
 """Deployment to ONNX Runtime: write qlearn's integers into a standard ONNX graph, run it, compare.
 
-``qlearn.integer`` says *what* an integer-only model computes (Eqs. 20-38); ``qlearn.latency`` hands
+``qlearn.integer`` says *what* an integer-only model computes (Eqs. 20-38); ``qlearn.torch_int8`` hands
 those integers to PyTorch's int8 engines. This module hands the very same integers -- the int8
 weights, int32 biases, per-channel scales, zero points and clamps that ``qlearn.convert.convert`` wrote
 down -- to ONNX, the exchange format most runtimes read, as a graph of ONNX's quantized operators

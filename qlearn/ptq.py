@@ -70,7 +70,7 @@ def calibrate(
     / ``stop_calibration``); previous ranges are discarded. Fixed ranges (the input's) are kept.
     """
     if not isinstance(model, FakeQuantMobileNet):
-        raise TypeError("model must be a fake-quant model, FakeQuantMobileNet (formerly QATMobileNet; from "
+        raise TypeError("model must be a fake-quant model, FakeQuantMobileNet (formerly FakeQuantMobileNet; from "
                         f"prepare_qat or post_training_quantize), got {type(model).__name__}")
     images = _check_images(images)
     batch_size = _check_positive(batch_size, "batch_size")

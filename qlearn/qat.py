@@ -11,9 +11,6 @@ estimator (Eqs. 50-52).
 ``qlearn.fake_quant``); ``load_qat_state`` rebuilds one from a checkpoint. ``qlearn.ptq`` uses the
 same model with training off (a fake-quant model, calibrated rather than trained), and
 ``qlearn.convert`` reads the integers straight out of it.
-
-The names of the layers and primitives are re-exported here (``from qlearn.qat import QATConvBN``
-keeps working); their homes are ``qlearn.fake_quant`` and ``qlearn.qat_layers``.
 """
 from __future__ import annotations
 
@@ -23,44 +20,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from qlearn.fake_quant import (  # noqa: F401  (re-exported: the primitives QAT is built from)
-    WEIGHT_RANGES,
-    ActFakeQuant,
-    _bias_fake_quant,
-    _quantize_int,
-    fake_quant_ste,
-    set_stat_sync,
-    weight_scale,
-)
+from qlearn.fake_quant import ActFakeQuant
 from qlearn.models import ConvBNReLU, DepthwiseSeparable, InvertedResidual, MobileNet, build_model
-from qlearn.qat_layers import (  # noqa: F401  (re-exported: the layers prepare_qat assembles)
-    QATAdd,
-    QATAvgPool,
-    QATConfig,
-    QATConvBN,
-    QATLinear,
-    set_quantization,
-)
+from qlearn.qat_layers import QATAdd, QATAvgPool, QATConfig, QATConvBN, QATLinear
 
-__all__ = [
-    "QATConfig",
-    "fake_quant_ste",
-    "weight_scale",
-    "ActFakeQuant",
-    "QATConvBN",
-    "QATLinear",
-    "QATAdd",
-    "QATAvgPool",
-    "QATDepthwiseSeparable",
-    "QATInvertedResidual",
-    "FakeQuantMobileNet",
-    "QATMobileNet",
-    "prepare_qat",
-    "load_qat_state",
-    "set_quantization",
-    "set_stat_sync",
-    "WEIGHT_RANGES",
-]
+__all__ = ["QATDepthwiseSeparable", "QATInvertedResidual", "FakeQuantMobileNet", "prepare_qat", "load_qat_state"]
 
 
 class QATDepthwiseSeparable(nn.Module):
@@ -126,10 +90,6 @@ class FakeQuantMobileNet(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, ActFakeQuant):
                 yield name, m
-
-
-#: The name this model had before it was also PTQ's result; checkpoints and callers may still use it.
-QATMobileNet = FakeQuantMobileNet
 
 
 def _output_quant(block: nn.Module) -> ActFakeQuant:

@@ -33,9 +33,9 @@ from qlearn._checks import check_bits, check_bits8, check_int
 from qlearn.bn_fold import fold_bn
 from qlearn.fake_quant import (
     ActFakeQuant,
-    _bias_fake_quant,
+    bias_fake_quant,
     _broadcast,
-    _quantize_int,
+    quantize_int,
     _weight_limits,
     fake_quant_ste,
     stat_sync,
@@ -153,7 +153,7 @@ class _WeightQuant:
         """(w_q as an int8 tensor, scale) exactly as the forward pass rounds them (Eq. 66)."""
         scale, qmin, qmax = self._weight_qparams(w)
         s = _broadcast(scale, w.ndim, 0 if self.per_channel else None)
-        q = _quantize_int(w.detach(), s, torch.zeros_like(s), qmin, qmax)
+        q = quantize_int(w.detach(), s, torch.zeros_like(s), qmin, qmax)
         return q.to(torch.int8), scale
 
 
@@ -270,7 +270,7 @@ class QATConvBN(_WeightQuant, _Linked, nn.Module):
             w_hat, s_w = self._fake_quant_weight(w_fold)
             bias_scale = self._bias_scale(s_w, self.conv.out_channels)
             if bias_scale is not None:
-                b_fold = _bias_fake_quant(b_fold, bias_scale)
+                b_fold = bias_fake_quant(b_fold, bias_scale)
             y = self._conv(x, w_hat) + b_fold.reshape(1, -1, 1, 1)  # (Eq. 62)
         if self.relu6:
             y = torch.clamp(y, 0.0, 6.0)  # ReLU6 = the clamp of the uint8 output (Eq. 63)
@@ -326,7 +326,7 @@ class QATLinear(_WeightQuant, _Linked, nn.Module):
         b = self._bias()
         bias_scale = self._bias_scale(s_w, self.linear.out_features)
         if bias_scale is not None:
-            b = _bias_fake_quant(b, bias_scale)
+            b = bias_fake_quant(b, bias_scale)
         return self.act(F.linear(x, w_hat, b))
 
     def int_params(self) -> dict:

@@ -26,7 +26,8 @@ from qlearn.bn_fold import fold_bn, fuse_conv_bn, fuse_model
 from qlearn.data import load_cifar10, load_mnist, read_idx
 from qlearn.error import sqnr_db
 from qlearn.models import mobilenet_v1
-from qlearn.qat import QATConfig, fake_quant_ste, weight_scale
+from qlearn.fake_quant import fake_quant_ste, weight_scale
+from qlearn.qat_layers import QATConfig
 from qlearn.qparams import integer_limits, qparams_from_range
 from qlearn.quantize import paper_scale
 from qlearn.ranges import GRID_MAX, EMARange, mse_range

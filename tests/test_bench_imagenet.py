@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def test_deployed_same_layers_within_one_lsb_and_run_smoke():
     from benchmarks.bench_imagenet import markdown, run
-    from qlearn.latency import to_torch_int8
+    from qlearn.torch_int8 import to_torch_int8
     from qlearn.convert import convert, quantize_input
     from qlearn.efficientnet import efficientnet_lite0, preprocess
     from qlearn.equalization import folded_form, zero_dead_channels

@@ -1,5 +1,5 @@
 """The benchmark suite runs end to end (quick mode) and writes a complete results file where it is told
-(never over the committed record unless --record); the deployment glue (qlearn.latency) hands qlearn's
+(never over the committed record unless --record); the deployment glue (qlearn.torch_int8) hands qlearn's
 integers to the PyTorch int8 engine that computes them correctly, and says which and why.
 
 No test here asserts a time: speed is what the benchmarks report, not what tests check.
@@ -23,7 +23,7 @@ from qlearn.agreement import code_agreement
 from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear
 from qlearn.integer_model import IntegerModel
 from qlearn.layer_integers import requant_multiplier
-from qlearn.latency import (
+from qlearn.torch_int8 import (
     Int16SaturationWarning,
     choose_engine,
     pair_sum_bounds,
@@ -149,7 +149,7 @@ def test_results_go_to_the_committed_record_only_with_record(tmp_path):
             parse_args(argv)
 
 
-# ------------------------------------------------------------------------------ qlearn.latency
+# ------------------------------------------------------------------------------ qlearn.torch_int8
 ACTS = {"relu": (10, 10), "none": (7, 0), "floor": (7, 3)}  # first conv: (out zero point, act_min)
 
 

@@ -238,7 +238,7 @@ def test_06_ema_claims(lesson):
 
 
 def test_06_ptq_vs_qat_claims(lesson):
-    from qlearn.widgets.qat import ptq_vs_qat
+    from qlearn.lessons.qat import ptq_vs_qat
 
     r = ptq_vs_qat(lesson, progress=False)
     bits = [int(b) for b in r["bits"]]
@@ -283,7 +283,8 @@ def test_06_q_ste_gradient_share_barely_moves_with_bits():
 def test_06_q_ema_decay_0999_does_not_catch_up(lesson):
     """06 cell-08 answer: 1 - 0.999^80 ~ 8 %; at the last step the batch max is more than 10x the EMA's hi
     with decay 0.999, within 10 % with decay 0.9."""
-    from qlearn.widgets.qat import ema_explorer, ema_trace
+    from qlearn.lessons.qat import ema_trace
+    from qlearn.widgets.qat import ema_explorer
 
     assert round(100 * (1 - 0.999**80)) == 8
     stream = ema_explorer(lesson).stream

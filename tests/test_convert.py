@@ -13,7 +13,8 @@ from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear
 from qlearn.integer_model import IntegerModel
 from qlearn.models import mobilenet_v1, mobilenet_v2
 from qlearn.ptq import post_training_quantize
-from qlearn.qat import QATConfig, QATConvBN, prepare_qat, set_quantization
+from qlearn.qat import prepare_qat
+from qlearn.qat_layers import QATConfig, QATConvBN, set_quantization
 from qlearn.agreement import Agreement
 from qlearn.convert import compare, convert, quantize_input
 from qlearn.train import TrainConfig, evaluate, predict, seed_everything, train
@@ -227,7 +228,7 @@ def test_convert_is_deterministic_and_leaves_the_model_alone(runs, data):
 # ------------------------------------------------------------------------------------ bad input
 def test_convert_bad_inputs(runs, data):
     float_model, qat = runs["mobilenet_v1"]
-    with pytest.raises(TypeError, match="QATMobileNet"):
+    with pytest.raises(TypeError, match="FakeQuantMobileNet"):
         convert(float_model)
     with pytest.raises(ValueError, match="no range"):
         convert(prepare_qat(float_model))

@@ -82,7 +82,8 @@ def test_train_stream_bad_input():
 
 # ----------------------------------------------------------------------------- QAT on two processes
 def _qat_setup():
-    from qlearn.qat import QATConfig, prepare_qat
+    from qlearn.qat import prepare_qat
+    from qlearn.qat_layers import QATConfig
 
     data = load_digits_data(16).subset(64, 8)
     qmodel = prepare_qat(_tiny_model().eval(), QATConfig(weight_bits=8, ema_decay=0.9, freeze_bn_step=3))

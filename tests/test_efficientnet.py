@@ -210,7 +210,7 @@ def test_cle_on_a_small_mobilenet_is_exact_to_float_tolerance():
 
 def test_bias_correction_restores_the_mean_of_pointwise_layers(folded):
     """Oracle: for a 1x1 conv (no padding) E[fq(W) x + b'] must equal E[W x + b] over the same inputs."""
-    from qlearn.qat import _quantize_int, weight_scale
+    from qlearn.fake_quant import quantize_int, weight_scale
 
     torch.manual_seed(2)
     x = torch.rand(2, 3, 64, 64) * 2 - 1
@@ -225,7 +225,7 @@ def test_bias_correction_restores_the_mean_of_pointwise_layers(folded):
     b0, b1 = dict(folded.named_modules())[name], dict(bc.named_modules())[name]
     w = b0.conv.weight.double()
     s = weight_scale(w, 6, per_channel=False)
-    wq = _quantize_int(w, s, torch.zeros_like(s), -31, 31) * s
+    wq = quantize_int(w, s, torch.zeros_like(s), -31, 31) * s
     mean_float = (F.conv2d(xin, w) + b0.bn.bias.double()[None, :, None, None]).mean(dim=(0, 2, 3))
     mean_plain = (F.conv2d(xin, wq) + b0.bn.bias.double()[None, :, None, None]).mean(dim=(0, 2, 3))
     mean_corr = (F.conv2d(xin, wq) + b1.bn.bias.double()[None, :, None, None]).mean(dim=(0, 2, 3))
@@ -235,7 +235,7 @@ def test_bias_correction_restores_the_mean_of_pointwise_layers(folded):
 
 def test_prepare_refuses_the_wrong_input_grid(model):
     from qlearn.efficientnet import prepare_efficientnet
-    from qlearn.qat import QATConfig
+    from qlearn.qat_layers import QATConfig
 
     with pytest.raises(ValueError, match="input_range"):
         prepare_efficientnet(model, QATConfig())  # (0, 1) would clip every negative input

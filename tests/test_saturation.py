@@ -1,7 +1,7 @@
 """qlearn.saturation: the int16 pair arithmetic against the exact int64 sum (oracle), the paper's
 Appendix B argument as properties, and PyTorch's x86 int8 kernels predicted on the CPU at hand.
 
-Which PyTorch path saturates is decided from the CPU's flags (qlearn.latency.cpu_int8_features):
+Which PyTorch path saturates is decided from the CPU's flags (qlearn.torch_int8.cpu_int8_features):
 x86 routes convolutions to oneDNN's exact VNNI kernels only with avx512_vnni (and <= 100 groups);
 otherwise FBGEMM adds pairs of uint8 x int8 products in int16 with saturation. FBGEMM's depthwise
 kernel (PyTorch's choice for depthwise convs with more than 100 channels) does so on every CPU.
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from qlearn import saturation as sat
 from qlearn.integer import conv2d, linear
 from qlearn.layer_integers import quantize_bias, requant_multiplier
-from qlearn.latency import cpu_int8_features
+from qlearn.torch_int8 import cpu_int8_features
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*:UserWarning")

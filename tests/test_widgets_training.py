@@ -25,6 +25,7 @@ from qlearn.lessons import bn_folding as B
 from qlearn.lessons import lesson_model as P
 from qlearn.threads import one_thread
 from qlearn.widgets import bn_fold as BW
+from qlearn.lessons import qat as LQ
 from qlearn.widgets import qat as Q
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
@@ -321,7 +322,7 @@ def test_ste_curve_against_float64_formula(bits, lo, hi):
     qp_s = (max(hi, 0) - min(lo, 0)) / (2**bits - 1)  # Eqs. 4-5 written out
     zp = int(np.clip(np.floor(-min(lo, 0) / qp_s + 0.5), 0, 2**bits - 1))  # Eq. 6, half away from zero (>= 0)
     x = _away_from_ties(np.linspace(-3, 3, 1201), qp_s)
-    c = Q.ste_curve(x, bits, lo, hi)
+    c = LQ.ste_curve(x, bits, lo, hi)
     assert c.qp.scale == pytest.approx(qp_s, rel=1e-12) and c.qp.zero_point == zp
     ref = qp_s * (np.clip(np.rint(x / qp_s) + zp, 0, 2**bits - 1) - zp)
     np.testing.assert_allclose(c.x_hat, ref, rtol=0, atol=1e-12)
@@ -331,7 +332,7 @@ def test_ste_curve_against_float64_formula(bits, lo, hi):
 
 
 def test_fake_quant_ste_matches_pytorch_forward_and_backward_away_from_the_ends():
-    from qlearn.qat import fake_quant_ste
+    from qlearn.fake_quant import fake_quant_ste
 
     s, z = 0.05, 7
     x = torch.linspace(-1.0, 13.5, 3001)  # float32, well past both ends of [S(0-Z), S(255-Z)] = [-0.35, 12.4]
@@ -350,15 +351,15 @@ def test_fake_quant_ste_matches_pytorch_forward_and_backward_away_from_the_ends(
 
 def test_ste_curve_bad_input():
     with pytest.raises(ValueError, match="lo < hi"):
-        Q.ste_curve([0.0, 1.0], 8, 1.0, 1.0)
+        LQ.ste_curve([0.0, 1.0], 8, 1.0, 1.0)
     with pytest.raises(ValueError, match="between 2 and 8"):
-        Q.ste_curve([0.0], 9, -1.0, 1.0)
+        LQ.ste_curve([0.0], 9, -1.0, 1.0)
     with pytest.raises(TypeError, match="must be a finite number"):
-        Q.ste_curve([0.0], 8, "a", 1.0)
+        LQ.ste_curve([0.0], 8, "a", 1.0)
     with pytest.raises(TypeError):
-        Q.ste_curve("x", 8, -1.0, 1.0)
+        LQ.ste_curve("x", 8, -1.0, 1.0)
     with pytest.raises(ValueError, match="NaN"):
-        Q.ste_curve([np.nan], 8, -1.0, 1.0)
+        LQ.ste_curve([np.nan], 8, -1.0, 1.0)
 
 
 def test_ste_explorer_first_slider_changes_numbers_and_image():
@@ -391,7 +392,7 @@ def test_ema_trace_against_float64_recursion(decay, delay, seed):
     rng = np.random.default_rng(seed)
     lo = -np.abs(rng.standard_normal(40)) * np.linspace(0.1, 5, 40)
     hi = np.abs(rng.standard_normal(40)) * np.linspace(0.1, 8, 40) + 0.01
-    tr = Q.ema_trace(lo, hi, decay, delay)
+    tr = LQ.ema_trace(lo, hi, decay, delay)
     e_lo, e_hi = _ema_reference(lo, hi, decay)
     np.testing.assert_allclose(tr.ema_lo, e_lo, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(tr.ema_hi, e_hi, rtol=1e-5, atol=1e-6)
@@ -403,22 +404,22 @@ def test_ema_trace_against_float64_recursion(decay, delay, seed):
 
 def test_ema_trace_bad_input():
     with pytest.raises(ValueError, match="decay"):
-        Q.ema_trace([0.0], [1.0], 1.0, 0)
+        LQ.ema_trace([0.0], [1.0], 1.0, 0)
     with pytest.raises(ValueError, match="same length"):
-        Q.ema_trace([0.0, 0.0], [1.0], 0.9, 0)
+        LQ.ema_trace([0.0, 0.0], [1.0], 0.9, 0)
     with pytest.raises(ValueError, match="batch_lo <= batch_hi"):
-        Q.ema_trace([2.0], [1.0], 0.9, 0)
+        LQ.ema_trace([2.0], [1.0], 0.9, 0)
     with pytest.raises(ValueError, match="delay"):
-        Q.ema_trace([0.0], [1.0], 0.9, -1)
+        LQ.ema_trace([0.0], [1.0], 0.9, -1)
 
 
 def test_activation_ranges_first_step_is_the_fresh_models_first_batch(tiny_lesson):
     from qlearn.models import MODELS
 
-    stream = Q.activation_ranges_during_training(tiny_lesson, epochs=1, progress=False)
+    stream = LQ.activation_ranges_during_training(tiny_lesson, epochs=1, progress=False)
     cfg, data = tiny_lesson.config, tiny_lesson.data
     steps = -(-data.x_train.shape[0] // cfg.batch_size)
-    assert {k: len(v) for k, v in stream.items()} == {f"{m} {e}": steps for m in Q.SIGNALS.values() for e in ("min", "max")}
+    assert {k: len(v) for k, v in stream.items()} == {f"{m} {e}": steps for m in LQ.SIGNALS.values() for e in ("min", "max")}
     assert np.all(stream["classifier min"] <= stream["classifier max"])
     assert np.all(stream["features.3.pw min"] >= 0) and np.all(stream["features.3.pw max"] <= 6)  # ReLU6
     seed_everything(cfg.seed)
@@ -429,7 +430,7 @@ def test_activation_ranges_first_step_is_the_fresh_models_first_batch(tiny_lesso
     assert stream["classifier min"][0] == pytest.approx(float(logits.min()), rel=1e-5)
     assert stream["classifier max"][0] == pytest.approx(float(logits.max()), rel=1e-5)
     with pytest.raises(ValueError, match="epochs"):
-        Q.activation_ranges_during_training(tiny_lesson, epochs=0)
+        LQ.activation_ranges_during_training(tiny_lesson, epochs=0)
 
 
 def test_ema_explorer_follows_ema_trace(tiny_lesson):
@@ -440,7 +441,7 @@ def test_ema_explorer_follows_ema_trace(tiny_lesson):
     assert ex.numbers["time constant 1/(1-d) (steps)"] == pytest.approx(20.0)
     ex.controls["signal"].value = "ReLU6 output of features.3.pw"
     s = ex.stream
-    tr = Q.ema_trace(s["features.3.pw min"], s["features.3.pw max"], 0.95, 3)
+    tr = LQ.ema_trace(s["features.3.pw min"], s["features.3.pw max"], 0.95, 3)
     assert ex.numbers["quantized steps that clip the batch (min or max)"] == int(tr.clipped.sum())
     assert ex.numbers["final EMA range"] == f"[{tr.ema_lo[-1]:.3g}, {tr.ema_hi[-1]:.3g}]"
     with pytest.raises(ValueError, match="signal must be one of"):
@@ -451,11 +452,12 @@ def test_ema_explorer_follows_ema_trace(tiny_lesson):
 
 def test_ptq_vs_qat_runs_are_the_library_runs(tiny_lesson):
     from qlearn.ptq import post_training_quantize
-    from qlearn.qat import QATConfig, prepare_qat
+    from qlearn.qat import prepare_qat
+    from qlearn.qat_layers import QATConfig
     from qlearn.train import evaluate
 
-    recipe = Q.QATRecipe(epochs=1, calib_images=128)
-    res = Q.ptq_vs_qat(tiny_lesson, bits=(4,), recipe=recipe, progress=False)
+    recipe = LQ.QATRecipe(epochs=1, calib_images=128)
+    res = LQ.ptq_vs_qat(tiny_lesson, bits=(4,), recipe=recipe, progress=False)
     d = tiny_lesson.data
     steps = -(-d.x_train.shape[0] // 64)
     assert res["qat steps"][0] == steps and res["float"][0] == tiny_lesson.float_acc
@@ -472,17 +474,17 @@ def test_ptq_vs_qat_runs_are_the_library_runs(tiny_lesson):
         assert res[f"ptq {label}"][0] == ptq
         assert res[f"qat {label}"][0] == qat
         assert 0.0 <= res[f"finetuned {label}"][0] <= 1.0
-    assert Q.ptq_vs_qat(tiny_lesson, bits=(4,), recipe=recipe) is not res  # arrays rebuilt from the cache ...
-    np.testing.assert_array_equal(Q.ptq_vs_qat(tiny_lesson, bits=(4,), recipe=recipe)["qat per-tensor"],
+    assert LQ.ptq_vs_qat(tiny_lesson, bits=(4,), recipe=recipe) is not res  # arrays rebuilt from the cache ...
+    np.testing.assert_array_equal(LQ.ptq_vs_qat(tiny_lesson, bits=(4,), recipe=recipe)["qat per-tensor"],
                                   res["qat per-tensor"])  # ... without training again
     with pytest.raises(ValueError, match="weight bits must be between 2 and 8"):
-        Q.ptq_vs_qat(tiny_lesson, bits=(12,))
+        LQ.ptq_vs_qat(tiny_lesson, bits=(12,))
     with pytest.raises(TypeError, match="bits must be a non-empty tuple"):
-        Q.ptq_vs_qat(tiny_lesson, bits=4)
+        LQ.ptq_vs_qat(tiny_lesson, bits=4)
     with pytest.raises(TypeError, match="QATRecipe"):
-        Q.ptq_vs_qat(tiny_lesson, recipe={"epochs": 1})
+        LQ.ptq_vs_qat(tiny_lesson, recipe={"epochs": 1})
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
-        Q.QATRecipe(epochs=0)
+        LQ.QATRecipe(epochs=0)
 
 
 def test_ptq_vs_qat_explorer_moves(tiny_lesson, monkeypatch):
@@ -506,7 +508,7 @@ def test_ptq_vs_qat_explorer_moves(tiny_lesson, monkeypatch):
 
 def test_explorers_can_be_drawn_without_arguments():
     """``python -m qlearn figures`` calls every public ``*_explorer`` with no arguments."""
-    for module in (B, Q):
+    for module in (BW, Q):
         found = [f for n, f in vars(module).items() if n.endswith("_explorer") and inspect.isfunction(f)]
         assert len(found) >= 2
         for f in found:

@@ -12,7 +12,7 @@ folded channel ranges spread apart -- the problem per-channel scales solve (note
 model stores int8 codes of w_fold, so training must fake-quantize w_fold, not w: quantizing w and then
 folding gives weights that are off the integer grid and must be rounded a second time at conversion
 (whenever the scale is per tensor). During training the fold uses the moving averages and a correction
-sigma / sigma_B restores batch statistics until BN is frozen (Eqs. 58-62 and 44; ``qlearn.qat.QATConvBN``).
+sigma / sigma_B restores batch statistics until BN is frozen (Eqs. 58-62 and 44; ``qlearn.qat_layers.QATConvBN``).
 
 This module holds the measurements (``bn_layer``, ``fold_spread``, ``fold_vs_torch``,
 ``compare_fold_order``, ``bn_correction``), all on the cached lesson model of notebook 03
@@ -37,7 +37,8 @@ from qlearn.bn_fold import fold_bn, fuse_conv_bn
 from qlearn.lessons.lesson_model import LessonModel, check_lesson
 from qlearn.lessons.per_channel import widest_spread_layer
 from qlearn.models import ConvBNReLU
-from qlearn.qat import ActFakeQuant, QATConvBN
+from qlearn.fake_quant import ActFakeQuant
+from qlearn.qat_layers import QATConvBN
 from qlearn.quantize import fake_quantize
 from qlearn.ranges import weight_qparams
 from qlearn.threads import one_thread
@@ -300,7 +301,7 @@ def compare_fold_order(layer: BNLayer, bits: int, *, per_channel: bool = False) 
 # ---------------------------------------------------------------------------------- training-time fold
 @dataclass(frozen=True, eq=False)
 class BNCorrection:
-    """A few training-mode forward passes of ``qlearn.qat.QATConvBN`` on real activations (no SGD step).
+    """A few training-mode forward passes of ``qlearn.qat_layers.QATConvBN`` on real activations (no SGD step).
 
     Arrays have one row per forward pass (``steps``):
     batch_stats  (steps,) bool   BN used the batch's statistics (True until ``freeze_step``)

@@ -516,7 +516,7 @@ class PairSaturation:
       layer, codes ("8-bit 0..255" / "7-bit 0..127"), outputs, max_pair_sum,
       saturated (fraction of outputs whose int16 pairs lost something), emulated_vs_exact (max LSB),
       x86_vs_exact, x86_vs_emulated, qnnpack_vs_exact (each (max |diff| LSB, fraction identical)).
-    cpu: the CPU's int8 features (``qlearn.latency.cpu_int8_features``).
+    cpu: the CPU's int8 features (``qlearn.torch_int8.cpu_int8_features``).
     pair_sums: every pair sum of the full-range depthwise layer (for the histogram).
     scatter: (exact codes, x86 codes) of the full-range depthwise layer.
     """
@@ -564,7 +564,7 @@ def pair_saturation_on_this_cpu(seed: int = 0) -> PairSaturation:
     random int8 in [-127, 127], per-channel scales; the input zero point is in the middle of the codes.
     """
     from qlearn import saturation as sat
-    from qlearn.latency import cpu_int8_features
+    from qlearn.torch_int8 import cpu_int8_features
 
     seed = check_seed(seed)
     rows, pair_sums, scatter = [], None, None

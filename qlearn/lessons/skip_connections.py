@@ -11,7 +11,7 @@ Both ratios are real numbers. The paper's Appendix A.2 rescales one input onto t
 then rescales the sum to the output scale; the integer kernel here (``qlearn.integer.add``) is
 TFLite's ADD instead (Eqs. 32-34): it scales both inputs to a common fine grid 2 max(S1, S2) in fixed
 point, adds in int32 and scales the sum to the output grid. During training the same add is followed by a fake-quant node with its own EMA range
-(paper Sec. 3; ``qlearn.qat.QATAdd``): q3 is what that node produces, so training sees the
+(paper Sec. 3; ``qlearn.qat_layers.QATAdd``): q3 is what that node produces, so training sees the
 inference-time rounding (Eq. 73). The integer result differs from it by at most one LSB.
 
 Concatenation (Appendix A.3) has no arithmetic at all if every input and the output share one
@@ -151,7 +151,7 @@ class TrainingAddResult:
 def training_add_experiment(
     scale_ratio: float = 4.0, *, steps: int = 100, batch: int = 256, decay: float = 0.99, seed: int = 0,
 ) -> TrainingAddResult:
-    """Train the fake-quant node after an add (``qlearn.qat.QATAdd``) on ``steps`` batches, then compare.
+    """Train the fake-quant node after an add (``qlearn.qat_layers.QATAdd``) on ``steps`` batches, then compare.
 
     Inputs a ~ N(0, 1) and b ~ scale_ratio N(0, 1) arrive already fake-quantized on fixed uint8 grids
     over [-4, 4] and [-4 r, 4 r] (what the layers before them would have learned). In training mode the
@@ -160,7 +160,8 @@ def training_add_experiment(
     """
     import torch
 
-    from qlearn.qat import ActFakeQuant, QATAdd
+    from qlearn.fake_quant import ActFakeQuant
+    from qlearn.qat_layers import QATAdd
     from qlearn.quantize import fake_quantize
 
     ratio = float(check_number(scale_ratio, "scale_ratio", 1e-3, 1e3))

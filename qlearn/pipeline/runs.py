@@ -26,12 +26,13 @@ from qlearn.models import MODELS
 from qlearn.pipeline.config import PRESETS, PipelineConfig, run_settings
 from qlearn.pipeline.folders import checkpoint_mismatch, verify_run
 from qlearn.pipeline.run import run_pipeline
-from qlearn.qat import QATConfig, prepare_qat
+from qlearn.qat import prepare_qat
+from qlearn.qat_layers import QATConfig
 from qlearn.train import cache_dir, load_checkpoint
 
 if TYPE_CHECKING:
     from qlearn.integer_model import IntegerModel
-    from qlearn.qat import QATMobileNet
+    from qlearn.qat import FakeQuantMobileNet
 
 __all__ = ["QUICK_CACHE_VERSION", "quick_config", "quick_run_dir", "cached_quick_run", "PipelineRun", "load_run"]
 
@@ -151,7 +152,7 @@ class PipelineRun:
     """A finished run read back from its folder: the report, the models of every stage, the data.
 
     float_model   : the trained float model (eval)              -- stage 1, ``float.pt``
-    qat_models    : {weight bits: QATMobileNet (eval)}          -- stage 3, ``qat<bits>.pt``
+    qat_models    : {weight bits: FakeQuantMobileNet (eval)}          -- stage 3, ``qat<bits>.pt``
     integer_model : ``convert(qat_models[8])``                   -- stage 4, rebuilt (conversion is exact)
     data          : the run's images, the same subset the run used
     """
@@ -160,12 +161,12 @@ class PipelineRun:
     report: dict
     data: ImageData
     float_model: nn.Module
-    qat_models: dict[int, "QATMobileNet"]
+    qat_models: dict[int, "FakeQuantMobileNet"]
     integer_model: "IntegerModel"
     cache: dict = field(default_factory=dict, repr=False)  # results computed from the run (notebook 09)
 
     @property
-    def qat8(self) -> "QATMobileNet":
+    def qat8(self) -> "FakeQuantMobileNet":
         return self.qat_models[8]
 
 

@@ -32,7 +32,8 @@ from qlearn.data import ImageData
 from qlearn.distributed import SINGLE, StatSync, World, gather_strings, integer_model_sha256
 from qlearn.models import MODELS, ConvBNReLU
 from qlearn.pipeline.config import PTQ_METHODS_ORDER, PipelineConfig, run_settings
-from qlearn.qat import QATConfig, prepare_qat
+from qlearn.qat import prepare_qat
+from qlearn.qat_layers import QATConfig
 from qlearn.quantize import dequantize
 from qlearn.train import (TrainConfig, evaluate, load_checkpoint, predict, save_checkpoint, seed_everything, train,
                           train_stream)

@@ -17,13 +17,8 @@ from matplotlib.figure import Figure
 
 from qlearn._checks import check_bits8
 from qlearn.lessons.lesson_model import LessonModel, lesson_model
-from qlearn.lessons.qat import (  # noqa: F401  (re-exported: what the explorers show)
-    QAT_BITS,
+from qlearn.lessons.qat import (
     SIGNALS,
-    STREAM_EPOCHS,
-    EMATrace,
-    QATRecipe,
-    STECurve,
     activation_ranges_during_training,
     ema_trace,
     ptq_vs_qat,
@@ -32,23 +27,7 @@ from qlearn.lessons.qat import (  # noqa: F401  (re-exported: what the explorers
 from qlearn.qparams import qparams_from_range
 from qlearn.widgets.base import Explorer, int_slider, slider
 
-__all__ = [
-    "STECurve",
-    "ste_curve",
-    "STEExplorer",
-    "ste_explorer",
-    "SIGNALS",
-    "activation_ranges_during_training",
-    "EMATrace",
-    "ema_trace",
-    "EMAExplorer",
-    "ema_explorer",
-    "QAT_BITS",
-    "QATRecipe",
-    "ptq_vs_qat",
-    "PTQvsQATExplorer",
-    "ptq_vs_qat_explorer",
-]
+__all__ = ["STEExplorer", "ste_explorer", "EMAExplorer", "ema_explorer", "PTQvsQATExplorer", "ptq_vs_qat_explorer"]
 
 STE_COLOR = "#1f77b4"
 PTQ_COLOR = "#d62728"

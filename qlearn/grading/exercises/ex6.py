@@ -54,7 +54,7 @@ def _round_ste_oracle(x: Any) -> Any:
 
 
 def _fake_quant_ste_oracle(x: Any, scale: float, zero_point: int, qmin: int, qmax: int) -> Any:
-    from qlearn.qat import fake_quant_ste
+    from qlearn.fake_quant import fake_quant_ste
 
     return fake_quant_ste(x, scale, zero_point, qmin, qmax)
 
@@ -164,7 +164,7 @@ EX6 = [
         strategy=_strategy_fake_quant_ste,
         hint="forward S (clamp(round(x/S) + Z, qmin, qmax) - Z); gradient 1 where S (qmin - Z) <= x <= "
         "S (qmax - Z), else 0 (Eqs. 50-52)",
-        forbidden=("qlearn.qat.fake_quant_ste",),
+        forbidden=("qlearn.fake_quant.fake_quant_ste",),
     ),
 ]
 

@@ -40,7 +40,7 @@ def _strategy_ema() -> Any:
 def _qat_step_oracle(w: np.ndarray, x: np.ndarray, target: np.ndarray, scale: float, lr: float) -> np.ndarray:
     import torch
 
-    from qlearn.qat import fake_quant_ste
+    from qlearn.fake_quant import fake_quant_ste
 
     wt = torch.tensor(np.asarray(w, dtype=np.float64), requires_grad=True)  # the float "shadow" weights
     w_hat = fake_quant_ste(wt, scale, 0, -127, 127)  # (out, in), on the narrow int8 grid
@@ -121,7 +121,7 @@ EX9 = [
         strategy=_strategy_qat_step,
         hint="w_hat = fake_quant_ste(w) (Eqs. 50-52, Z = 0, [-127, 127]); loss = mean((x w_hat^T - target)^2); "
         "backward; return w - lr dloss/dw",
-        forbidden=("qlearn.qat.fake_quant_ste",),
+        forbidden=("qlearn.fake_quant.fake_quant_ste",),
     ),
 ]
 
