@@ -10,7 +10,8 @@
 
 at batch 1 (latency) and batch 256 (throughput), each int8 model built fresh for its batch size (see
 qlearn.torch_int8 on PyTorch's first-call primitive cache). The PyTorch contenders are timed in alternating rounds;
-ratios are against ``torch float`` measured in the same run. The per-layer comparison of benchmarks/bench_integer.py is included for the kernels.
+ratios are against ``torch float`` measured in the same run. The per-layer comparison of
+benchmarks/bench_integer.py is included for the kernels.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from tqdm.auto import tqdm
 
 from benchmarks import bench_integer
 from qlearn.bn_fold import fuse_model
-from qlearn.torch_int8 import to_torch_int8
 from qlearn.timing import interleaved
+from qlearn.torch_int8 import to_torch_int8
 
 
 def _batch(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -49,12 +50,12 @@ def bench_model(arts: dict, batches: tuple[int, ...], quick: bool) -> dict:
             "torch int8": deployed,
             "torch int8 (own QAT)": copy.deepcopy(arts["torch_int8"]),
         }
-        fast = {name: (lambda fn=fn: fn(x)) for name, fn in contenders.items() if name != "qlearn integer"}
+        fast = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in contenders.items() if name != "qlearn integer"}
         reps = 3 if quick else (60 if n == 1 else 12)
         with torch.no_grad():
             row = {name: t.to_dict() for name, t in interleaved(fast, repeats=reps, rounds=3, warmup=1).items()}
             # the numpy engine is 10-100x slower: fewer calls, timed right after the others
-            slow = interleaved({"qlearn integer": lambda: integer_model(x.numpy())},
+            slow = interleaved({"qlearn integer": lambda x=x: integer_model(x.numpy())},
                                repeats=2 if quick else (20 if n == 1 else 3), rounds=1, warmup=1)
             row.update({name: t.to_dict() for name, t in slow.items()})
         base = row["torch float"]["median_ms"]

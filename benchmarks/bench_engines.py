@@ -38,11 +38,11 @@ def run(arch: str = "mobilenet_v1", width: float = 0.5, size: int = 32, *, batch
     from qlearn.bn_fold import fuse_model
     from qlearn.convert import convert, quantize_input
     from qlearn.data import load_digits_data
-    from qlearn.torch_int8 import Int16SaturationWarning, to_torch_int8
     from qlearn.models import MODELS
     from qlearn.ptq import post_training_quantize
     from qlearn.qat_layers import QATConfig
     from qlearn.timing import interleaved
+    from qlearn.torch_int8 import Int16SaturationWarning, to_torch_int8
     from qlearn.train import seed_everything
 
     data = load_digits_data(size, seed=seed)
@@ -63,8 +63,8 @@ def run(arch: str = "mobilenet_v1", width: float = 0.5, size: int = 32, *, batch
                 "x86 (8/8, forced)": to_torch_int8(integers[8][1], "x86"),
                 "x86 (7-bit act, auto)": to_torch_int8(integers[7][1], "auto"),
             }
-        fns = {"float (fused)": lambda: fused(x)}
-        fns.update({name: (lambda m=m: m(x)) for name, m in deployed.items()})
+        fns = {"float (fused)": lambda x=x: fused(x)}
+        fns.update({name: (lambda m=m, x=x: m(x)) for name, m in deployed.items()})
         with torch.no_grad():
             for fn in fns.values():  # first call with this shape (oneDNN keeps its first primitive)
                 fn()

@@ -35,10 +35,10 @@ def run(*, crops: int = 4, repeats: int = 20, engine_images: int = 2) -> dict:
     from qlearn.efficientnet import efficientnet_lite0, fuse_efficientnet, preprocess
     from qlearn.equalization import folded_form, zero_dead_channels
     from qlearn.imagenet_ptq import ptq_variant
-    from qlearn.torch_int8 import to_torch_int8
     from qlearn.photos import sample_crops
     from qlearn.threads import one_thread
     from qlearn.timing import Stopwatch, interleaved
+    from qlearn.torch_int8 import to_torch_int8
 
     with one_thread():  # torch and BLAS: the engine, the int8 and the float model on one core each
         model = efficientnet_lite0()

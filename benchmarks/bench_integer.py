@@ -37,9 +37,10 @@ for _i, _a in enumerate(sys.argv):
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, _threads)
 
+import warnings  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import warnings  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

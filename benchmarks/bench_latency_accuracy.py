@@ -27,15 +27,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from qlearn.agreement import code_agreement
 from qlearn.bn_fold import fuse_model
 from qlearn.convert import convert, quantize_input
 from qlearn.data import load_digits_data
-from qlearn.agreement import code_agreement
-from qlearn.torch_int8 import to_torch_int8
 from qlearn.models import MODELS
 from qlearn.qat import prepare_qat
 from qlearn.qat_layers import QATConfig
 from qlearn.timing import interleaved
+from qlearn.torch_int8 import to_torch_int8
 from qlearn.train import TrainConfig, evaluate, seed_everything, train
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def run(*, quick: bool, seed: int = 0) -> dict:
     return {"settings": settings, "engine": "/".join(engines), "threads": torch.get_num_threads(), "points": points}
 
 
-def plot_latency_accuracy(result: dict) -> "Figure":
+def plot_latency_accuracy(result: dict) -> Figure:
     """Two curves, float and 8-bit: accuracy (%) against batch-1 latency (ms), like the paper's Figure 4.1.
 
     ``result`` is what ``run`` measures: ``{"threads": int, "points":

@@ -37,8 +37,8 @@ FULL = {"batches": (1, 256), "repeats": 60, "extra": (("mobilenet_v1", 1.0, 32),
 def _timings(integer_model: Any, float_model: Any, x: torch.Tensor, x_q: np.ndarray, batch: int,
              repeats: int) -> dict:
     """Median/p95 ms of the three runtimes on the first ``batch`` images (tiled when there are fewer)."""
-    from qlearn.torch_int8 import to_torch_int8
     from qlearn.onnx_export import to_onnx_runtime
+    from qlearn.torch_int8 import to_torch_int8
 
     reps = -(-batch // x.shape[0])
     xb = x.repeat(reps, 1, 1, 1)[:batch].contiguous()  # (batch, C, H, W) float32
@@ -58,8 +58,8 @@ def _timings(integer_model: Any, float_model: Any, x: torch.Tensor, x_q: np.ndar
 
 def _point(name: str, integer_model: Any, float_model: Any, x: torch.Tensor, x_q: np.ndarray, s: dict,
            labels: np.ndarray | None) -> dict:
-    from qlearn.torch_int8 import to_torch_int8
     from qlearn.onnx_export import to_onnx_runtime
+    from qlearn.torch_int8 import to_torch_int8
 
     ours = integer_model.run(x_q)
     onnx_codes = to_onnx_runtime(integer_model).run_codes(x_q)
@@ -115,8 +115,8 @@ def run(*, quick: bool, seed: int = 0) -> dict:
     from qlearn.bn_fold import fuse_model
     from qlearn.convert import quantize_input
     from qlearn.data import load_digits_data
-    from qlearn.threads import one_thread
     from qlearn.lessons.mobilenet_pipeline import pipeline_run
+    from qlearn.threads import one_thread
 
     s = QUICK if quick else FULL
     points = []

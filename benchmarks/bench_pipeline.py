@@ -27,13 +27,14 @@ import torch
 import torch.ao.quantization as tq
 
 from benchmarks import torch_flow
+from qlearn.checkpoints import load_checkpoint
 from qlearn.convert import convert, quantize_input
 from qlearn.data import load_dataset
 from qlearn.pipeline import PRESETS, PipelineConfig, run_pipeline
 from qlearn.qat import prepare_qat
 from qlearn.qat_layers import QATConfig
 from qlearn.timing import Stopwatch
-from qlearn.train import TrainConfig, evaluate, load_checkpoint, train
+from qlearn.train import TrainConfig, evaluate, train
 
 MODELS = ("mobilenet_v1", "mobilenet_v2")
 

@@ -19,8 +19,9 @@ import importlib
 import inspect
 import pkgutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ipywidgets as widgets
 import numpy as np

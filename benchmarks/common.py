@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ def machine() -> dict[str, Any]:
         except ImportError:
             versions[mod] = "not installed"
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu_model": model,
         "logical_cpus": os.cpu_count(),
         "usable_cpus": affinity,

@@ -408,8 +408,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.quantized.engine = "x86"  # PyTorch's own QAT flow (7-bit activations); qlearn's integers choose
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from benchmarks import (bench_distributed, bench_engine, bench_grading, bench_imagenet, bench_latency_accuracy,
-                            bench_notebooks, bench_onnx, bench_pipeline, bench_sliders)
+    from benchmarks import (
+        bench_distributed,
+        bench_engine,
+        bench_grading,
+        bench_imagenet,
+        bench_latency_accuracy,
+        bench_notebooks,
+        bench_onnx,
+        bench_pipeline,
+        bench_sliders,
+    )
     from benchmarks.common import machine
 
     out, figure = destinations(args)

@@ -13,7 +13,8 @@ symmetric int8 weights over [-128, 127]; qlearn's is the paper's (uint8 activati
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.ao.nn.intrinsic.qat as nniqat

@@ -9,12 +9,13 @@ in docs/equations.md.
     error        MSE, SQNR, S^2/12, rounding vs clipping                             (Eqs. 14, 17-19)
     fixedpoint   gemmlowp/TFLite fixed point: SRDHM, RDBPOT, M = M0 * 2^shift        (Eqs. 22-31)
     integer      integer-only kernels (conv, linear, add, pool)                      (Eqs. 20-39)
+    integer_args the integer kernels' argument checks (dtypes, zero points, M0/shift, clamp)
     layer_integers  a layer's integers from scales: M0/shift, int32 bias, clamp      (Eqs. 22-24, 37)
     integer_layers  frozen integer layers; integer_model: IntegerModel               (Eqs. 20-39)
     bn_fold      batch-norm folding: fold_bn, fuse_conv_bn                          (Eqs. 40-43)
     models       MobileNet v1 (depthwise separable) and v2 (inverted residuals)
     data         scikit-learn's bundled digits; MNIST / CIFAR-10 / image folders from a local folder
-    train        a small deterministic trainer and safe checkpoints
+    train        a small deterministic trainer; checkpoints: safe save / load of trained models
     fake_quant   fake quant with the straight-through estimator, weight scales, EMA ranges (Eqs. 50-57)
     qat_layers   the fake-quant layers: conv + BN folded in training, linear, add, pool (Eqs. 58-68)
     qat          prepare_qat: a MobileNet rewritten as a fake-quant model, for QAT and PTQ
@@ -40,9 +41,6 @@ The torch-based modules load on first use (``qlearn.fuse_conv_bn`` imports torch
 import importlib
 from typing import Any
 
-from qlearn.qparams import QParams, integer_limits, qparams_from_range
-from qlearn.quantize import dequantize, fake_quantize, paper_fake_quant, paper_scale, quantize
-from qlearn.ranges import EMARange, minmax_range, mse_range, percentile_range
 from qlearn.error import (
     ErrorBreakdown,
     error_breakdown,
@@ -71,6 +69,9 @@ from qlearn.layer_integers import (
     quantize_bias,
     requant_multiplier,
 )
+from qlearn.qparams import QParams, integer_limits, qparams_from_range
+from qlearn.quantize import dequantize, fake_quantize, paper_fake_quant, paper_scale, quantize
+from qlearn.ranges import EMARange, minmax_range, mse_range, percentile_range
 
 __version__ = "0.1.0"
 
@@ -92,9 +93,9 @@ __all__ = [
 _LAZY = {
     "fold_bn": "bn_fold", "fuse_conv_bn": "bn_fold", "fuse_model": "bn_fold",
     "mobilenet_v1": "models", "mobilenet_v2": "models", "build_model": "models", "MobileNet": "models",
-    "load_dataset": "data", "load_digits_data": "data", "ImageData": "data",
+    "load_dataset": "data", "load_digits_data": "data", "ImageData": "image_data",
     "TrainConfig": "train", "evaluate": "train",
-    "save_checkpoint": "train", "load_checkpoint": "train",
+    "save_checkpoint": "checkpoints", "load_checkpoint": "checkpoints",
     "fake_quant_ste": "fake_quant", "ActFakeQuant": "fake_quant",
     "QATConfig": "qat_layers", "set_quantization": "qat_layers",
     "prepare_qat": "qat", "load_qat_state": "qat", "FakeQuantMobileNet": "qat",

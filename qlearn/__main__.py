@@ -2,7 +2,7 @@
 
 Each command lives in the module that owns the idea and exposes ``main(argv) -> int``:
 ``pipeline`` (qlearn.pipeline.cli), ``figures`` (qlearn.figures), ``grade`` (qlearn.grading),
-``lecture`` (qlearn.lecture), ``ship-models`` (qlearn.shipped), ``imagenet-ptq`` (qlearn.imagenet_ptq).
+``lecture`` (qlearn.lecture), ``ship-models`` (qlearn.ship), ``imagenet-ptq`` (qlearn.imagenet_ptq).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ COMMANDS = {
     "figures": ("qlearn.figures", "regenerate every figure in figures/"),
     "grade": ("qlearn.grading", "grade a folder of exercise submissions"),
     "lecture": ("qlearn.lecture", "serve a lesson notebook as a code-free page"),
-    "ship-models": ("qlearn.shipped", "retrain the models shipped for the lessons (qlearn/shipped/)"),
+    "ship-models": ("qlearn.ship", "retrain the models shipped for the lessons (qlearn/shipped/)"),
     "imagenet-ptq": ("qlearn.imagenet_ptq", "EfficientNet-Lite0 PTQ on real photos, offline: variants, CLE, integer engine"),
 }
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from qlearn._checks import as_float_array, check_finite_tensor
+from qlearn.models import ConvBNReLU
 
 __all__ = ["fold_bn", "fuse_conv_bn", "fuse_model"]
 
@@ -166,8 +167,6 @@ def fuse_model(model: nn.Module) -> nn.Module:
     copy computes the same function as ``model.eval()`` with one conv per block -- the graph the
     integer model runs. The copy is returned in eval mode; ``model`` is untouched.
     """
-    from qlearn.models import ConvBNReLU  # local import: models imports nothing from here
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
     fused = copy.deepcopy(model).eval()

@@ -28,12 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from qlearn.agreement import Agreement, code_agreement
+from qlearn.fake_quant import quantize_int
 from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear, conv_layer, linear_layer
 from qlearn.integer_model import IntegerModel
 from qlearn.layer_integers import int32_bias
-from qlearn.fake_quant import quantize_int
-from qlearn.qat import QATDepthwiseSeparable, QATInvertedResidual, FakeQuantMobileNet
+from qlearn.qat import FakeQuantMobileNet, QATDepthwiseSeparable, QATInvertedResidual
 from qlearn.qat_layers import QATConvBN, QATLinear
+from qlearn.train import predict
 
 __all__ = ["convert", "quantize_input", "compare"]
 
@@ -168,8 +169,6 @@ def compare(
     output is compared code by code. Accuracy of the integer model is computed from its own output.
     Returns ``qlearn.agreement.Agreement`` (``code_agreement(q_int, q_fake, labels)``).
     """
-    from qlearn.train import predict
-
     if not isinstance(integer_model, IntegerModel):
         raise TypeError(f"integer_model must be an IntegerModel (from convert), got {type(integer_model).__name__}")
     x_q = quantize_input(qat_model, images)

@@ -10,6 +10,8 @@ MNIST (the four IDX files) and CIFAR-10 (the "python version" batches) can be re
 folder. CIFAR-10's batches are Python pickles; unpickling can run arbitrary code, so they are read
 with a restricted unpickler that only rebuilds numpy arrays and builtin containers and refuses
 everything else. A missing or corrupt file raises an error that names the file and what was wrong.
+Every loader returns an ``ImageData`` (``qlearn.image_data``, re-exported here); ``load_dataset`` also
+dispatches to the streamed image folder of ``qlearn.folder_data``.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ import math
 import numbers
 import pickle
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from qlearn._checks import check_int, check_seed
+from qlearn.folder_data import load_folder_data
+from qlearn.image_data import ImageData
 
 __all__ = [
     "ImageData",
@@ -44,53 +47,6 @@ __all__ = [
 DATASETS = ("digits", "mnist", "cifar10", "folder")
 DIGITS_TEST_FRACTION = 0.3
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-@dataclass(frozen=True, eq=False)
-class ImageData:
-    """A train/test split of images in [0, 1] with integer labels.
-
-    x_train, x_test : (N, C, H, W) float32 in [0, 1]
-    y_train, y_test : (N,) int64 in [0, num_classes)
-    """
-
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    classes: tuple[str, ...]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.x_train.shape[1])
-
-    @property
-    def input_size(self) -> int:
-        return int(self.x_train.shape[-1])
-
-    def subset(self, n_train: int | None = None, n_test: int | None = None) -> "ImageData":
-        """The first ``n_train`` / ``n_test`` examples (the split order is already shuffled)."""
-        def take(x: torch.Tensor, y: torch.Tensor, n: int | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-            if n is None:
-                return x, y
-            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-                raise ValueError(f"{name} must be a positive integer or None, got {n!r}")
-            return x[:n], y[:n]
-
-        xtr, ytr = take(self.x_train, self.y_train, n_train, "n_train")
-        xte, yte = take(self.x_test, self.y_test, n_test, "n_test")
-        return ImageData(self.name, xtr, ytr, xte, yte, self.classes)
-
-    def __repr__(self) -> str:
-        return (
-            f"ImageData({self.name!r}: train {tuple(self.x_train.shape)}, test {tuple(self.x_test.shape)}, "
-            f"{self.num_classes} classes)"
-        )
 
 
 def _check_size(input_size: Any) -> int | None:
@@ -323,8 +279,6 @@ def load_dataset(name: str = "digits", *, root: str | Path | None = None, input_
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a string, got {name!r}")
     if name == "folder":
-        from qlearn.folder_data import load_folder_data
-
         return load_folder_data(_check_folder(root, "image folder"), input_size, seed=seed,
                                 limit_per_class=limit_per_class, workers=workers)
     if limit_per_class is not None:

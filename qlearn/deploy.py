@@ -37,10 +37,15 @@ import torch.ao.quantization as tq
 from torch import nn
 
 from qlearn.agreement import Agreement, code_agreement
-from qlearn.torch_int8 import to_torch_int8
+from qlearn.convert import quantize_input
+from qlearn.fixedpoint import multiply_by_quantized_multiplier
+from qlearn.integer import avg_pool, conv2d_accumulator
+from qlearn.integer_layers import QConv2d
 from qlearn.models import ConvBNReLU, DepthwiseSeparable, InvertedResidual, MobileNet
+from qlearn.onnx_export import OnnxInt8Model, compare, save_onnx, to_onnx, to_onnx_runtime
 from qlearn.threads import one_thread
 from qlearn.timing import measure
+from qlearn.torch_int8 import to_torch_int8
 
 __all__ = [
     "EagerConvBNReLU", "eager_copy", "conv_bn_pairs", "TorchEagerPTQ", "torch_eager_ptq", "EngineComparison",
@@ -202,9 +207,6 @@ def _flat(a: np.ndarray) -> np.ndarray:
 def three_engines(run: Any, images: torch.Tensor, labels: torch.Tensor, eager: TorchEagerPTQ | None = None,
                   *, onnx_model: Any = None) -> EngineComparison:
     """Run ``run``'s integer model on qlearn, PyTorch int8 and ONNX Runtime (and ``eager``) and compare."""
-    from qlearn.convert import quantize_input
-    from qlearn.onnx_export import to_onnx_runtime
-
     im = run.integer_model
     x_q = quantize_input(run.qat8, images)  # (N, C, H, W) uint8: the same codes for every engine
     y = labels.numpy()
@@ -250,9 +252,6 @@ class LayerCodes:
 
 def layer_codes(run: Any, images: torch.Tensor, *, onnx_model: Any = None) -> list[LayerCodes]:
     """Every layer of ``run``'s integer model on qlearn, ONNX Runtime and PyTorch int8 (notebook 13's explorer)."""
-    from qlearn.convert import quantize_input
-    from qlearn.onnx_export import to_onnx_runtime
-
     im = run.integer_model
     x_q = quantize_input(run.qat8, images)
     ours = im.layer_outputs(x_q)
@@ -282,10 +281,6 @@ def requant_rounding(layer: Any, x_q: np.ndarray) -> dict:
     Returns counts: codes, differing codes, max difference, and the accumulators whose float product
     acc M lies within 0.01 of a half-way point (where the two roundings can part).
     """
-    from qlearn.fixedpoint import multiply_by_quantized_multiplier
-    from qlearn.integer import conv2d_accumulator
-    from qlearn.integer_layers import QConv2d
-
     if not isinstance(layer, QConv2d):
         raise TypeError(f"layer must be a QConv2d, got {type(layer).__name__}")
     acc = conv2d_accumulator(x_q, layer.in_zp, layer.w_q, layer.bias_q, stride=layer.stride,
@@ -307,8 +302,6 @@ def requant_rounding(layer: Any, x_q: np.ndarray) -> dict:
 def pool_ties(x_q: np.ndarray) -> dict:
     """Global average pool of (N, C, H, W) uint8 codes: how many means are exact halves (k + 1/2), and
     what Eq. 35 (qlearn, ties away from zero) and round-half-to-even give there."""
-    from qlearn.integer import avg_pool
-
     x = np.asarray(x_q)
     hw = x.shape[2] * x.shape[3]
     total = x.astype(np.int64).sum(axis=(2, 3))  # (N, C)
@@ -327,9 +320,6 @@ def exact_export(run: Any, images: torch.Tensor, *, onnx_model: Any = None) -> d
     Agreement of the output codes (Eq. 69), "per_layer": [(layer, Agreement of that layer
     alone, fed qlearn's codes)]}. ``onnx_model``: an already built fixed-point runtime to reuse.
     """
-    from qlearn.convert import quantize_input
-    from qlearn.onnx_export import OnnxInt8Model, compare, to_onnx_runtime
-
     if onnx_model is not None and (not isinstance(onnx_model, OnnxInt8Model) or onnx_model.requant != "fixedpoint"):
         raise ValueError("onnx_model must be an OnnxInt8Model built with requant='fixedpoint'")
     rt = onnx_model if onnx_model is not None else to_onnx_runtime(run.integer_model, requant="fixedpoint")
@@ -349,8 +339,6 @@ def artefacts(run: Any, eager: TorchEagerPTQ, folder: str | Path) -> dict[str, d
     run's qat8.pt: float fake-quant weights and ranges), qlearn's integers (np.savez of every layer's
     arrays) and the ONNX models (``qlearn.onnx_export``, uint8 weights: QLinear and fixed point).
     """
-    from qlearn.onnx_export import save_onnx, to_onnx
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, dict] = {}

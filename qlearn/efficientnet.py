@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qlearn.integer import _padding
-from qlearn.models import ConvBNReLU, InvertedResidual, MobileNet
+from qlearn.bn_fold import fuse_model
+from qlearn.equalization import ConvBNPlainReLU
 from qlearn.fake_quant import bias_fake_quant
+from qlearn.integer_args import _padding
+from qlearn.models import ConvBNReLU, InvertedResidual, MobileNet
 from qlearn.qat import prepare_qat
 from qlearn.qat_layers import QATConfig, QATConvBN
 
@@ -248,8 +250,6 @@ def fuse_efficientnet(model: MobileNet) -> MobileNet:
 
     Returns a copy in eval mode computing the same function as ``model.eval()`` (float tolerance).
     """
-    from qlearn.bn_fold import fuse_model
-
     fused = fuse_model(model)
     src = dict(model.named_modules())
     for name, m in fused.named_modules():
@@ -268,8 +268,6 @@ def prepare_efficientnet(model: MobileNet, config: Any = None) -> Any:
     (``qlearn.equalization.ConvBNPlainReLU``, after cross-layer equalization) applies it before its
     uint8 output. ``config`` defaults to ``QATConfig(input_range=INPUT_RANGE)`` (the [-1, 1] input grid).
     """
-    from qlearn.equalization import ConvBNPlainReLU  # local: equalization imports qlearn.models, not this
-
     if config is None:
         config = QATConfig(input_range=INPUT_RANGE)
     if isinstance(config, QATConfig) and config.input_range not in (None, INPUT_RANGE):

@@ -37,6 +37,7 @@ from torch import nn
 
 from qlearn._checks import check_bits, check_bool, check_int
 from qlearn.bn_fold import fold_bn
+from qlearn.fake_quant import quantize_int, weight_scale
 from qlearn.models import ConvBNReLU, InvertedResidual, MobileNet
 
 __all__ = [
@@ -214,8 +215,6 @@ def bias_correct(model: MobileNet, images: torch.Tensor, *, weight_bits: int = 8
     ``images`` (float model, (N, C, H, W)), and b <- b - sum eps E[x] over input channels and taps
     (padding ignored). The quantized layer's output mean then matches the float one's.
     """
-    from qlearn.fake_quant import quantize_int, weight_scale
-
     _check_folded(model)
     weight_bits = check_bits(weight_bits)
     per_channel = check_bool(per_channel, "per_channel")

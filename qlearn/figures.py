@@ -20,15 +20,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import pkgutil
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
-if TYPE_CHECKING:  # matplotlib is imported when drawing, not for --list or the re-run
-    from matplotlib.figure import Figure
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from qlearn import widgets
+from qlearn.widgets.base import Explorer
 
 __all__ = ["FigureSpec", "FIGURES", "DPI", "all_specs", "render", "write_figures", "default_out_dir", "main"]
 
@@ -118,15 +124,13 @@ def _no_required_args(func: Callable) -> bool:
 
 def discovered_specs(registered: list[FigureSpec]) -> list[FigureSpec]:
     """``*_explorer`` functions of ``qlearn.widgets.*`` modules that the registry does not list."""
-    import qlearn.widgets as pkg
-
     known = {s.target for s in registered}
     names = {s.name for s in registered}
     found = []
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+    for info in sorted(pkgutil.iter_modules(widgets.__path__), key=lambda i: i.name):
         if info.name.startswith("_") or info.name == "base":
             continue
-        modname = f"{pkg.__name__}.{info.name}"
+        modname = f"{widgets.__name__}.{info.name}"
         module = importlib.import_module(modname)
         for attr, func in sorted(vars(module).items()):
             if not (attr.endswith("_explorer") and not attr.startswith("_") and inspect.isfunction(func)):
@@ -145,12 +149,8 @@ def all_specs() -> list[FigureSpec]:
     return list(FIGURES) + discovered_specs(FIGURES)
 
 
-def render(spec: FigureSpec) -> "Figure":
+def render(spec: FigureSpec) -> Figure:
     """Draw one figure: the explorer's figure in its default state, or the returned Figure."""
-    from matplotlib.figure import Figure
-
-    from qlearn.widgets.base import Explorer
-
     obj = spec.factory()()
     if isinstance(obj, Explorer):
         return obj.fig
@@ -159,7 +159,7 @@ def render(spec: FigureSpec) -> "Figure":
     raise TypeError(f"{spec.target} returned {type(obj).__name__}; a figure factory returns an Explorer or a Figure")
 
 
-def save_png(fig: "Figure", path: Path, title: str) -> None:
+def save_png(fig: Figure, path: Path, title: str) -> None:
     """PNG with fixed text chunks (no matplotlib version, no date): same figure, same bytes."""
     metadata = {"Software": METADATA_SOFTWARE, "Title": title}
     fig.savefig(path, format="png", dpi=DPI, metadata=metadata)
@@ -167,8 +167,6 @@ def save_png(fig: "Figure", path: Path, title: str) -> None:
 
 def write_figures(out: Path, specs: list[FigureSpec], *, progress: bool = True) -> tuple[list[Path], list[str]]:
     """Draw and save every spec into ``out``; returns (written paths, error messages)."""
-    from tqdm.auto import tqdm
-
     out.mkdir(parents=True, exist_ok=True)
     written, errors = [], []
     for spec in tqdm(specs, desc="figures", disable=not progress, leave=False):
@@ -197,9 +195,6 @@ def _rerun_with_fixed_hash_seed(argv: list[str]) -> int | None:
     of strings (seen in practice: tick drawing of one explorer moved by a pixel between runs). A
     fixed hash seed takes that out, so the bytes depend on the code and data alone.
     """
-    import os
-    import subprocess
-
     if os.environ.get("PYTHONHASHSEED") == "0":
         return None
     env = dict(os.environ, PYTHONHASHSEED="0")

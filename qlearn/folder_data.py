@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from qlearn._checks import check_bool, check_int, check_seed
-from qlearn.data import ImageData
+from qlearn.image_data import ImageData
 
 __all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "FolderData", "scan_folder", "load_folder_data", "materialize",
            "make_color_folder"]
@@ -197,7 +197,7 @@ class FolderData(ImageData):
     def n_train(self) -> int:
         return len(self.train_set)
 
-    def subset(self, n_train: int | None = None, n_test: int | None = None) -> "FolderData":
+    def subset(self, n_train: int | None = None, n_test: int | None = None) -> FolderData:
         """The first ``n_train`` streamed training images (of a seeded shuffle) and ``n_test`` val images."""
         base = ImageData.subset(self, None, n_test)
         train_set = self.train_set

@@ -16,6 +16,7 @@ reports top-1 accuracy.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -26,17 +27,34 @@ import numpy as np
 import torch
 
 from qlearn._checks import check_int
-from qlearn.efficientnet import INPUT_RANGE, efficientnet_lite0, imagenet_classes, prepare_efficientnet, preprocess
+from qlearn.checkpoints import cache_dir
+from qlearn.convert import compare, convert, quantize_input
+from qlearn.efficientnet import (
+    INPUT_RANGE,
+    efficientnet_lite0,
+    imagenet_classes,
+    imagenet_wnids,
+    prepare_efficientnet,
+    preprocess,
+)
 from qlearn.equalization import (
-    ConvBNPlainReLU, bias_correct, channel_ranges, conv_blocks, cross_layer_equalize, dead_channels,
-    equalize_pairs, folded_form, range_spread, zero_dead_channels,
+    ConvBNPlainReLU,
+    bias_correct,
+    channel_ranges,
+    conv_blocks,
+    cross_layer_equalize,
+    dead_channels,
+    equalize_pairs,
+    folded_form,
+    range_spread,
+    zero_dead_channels,
 )
 from qlearn.error import sqnr_db
-from qlearn.files import atomic_write_text, write_then_rename
-from qlearn.photos import sample_crops
-from qlearn.ptq import calibrate
 from qlearn.fake_quant import quantize_int, weight_scale
-from qlearn.qat_layers import QATConfig, set_quantization
+from qlearn.files import atomic_write_text, write_then_rename
+from qlearn.photos import image_folder, sample_crops
+from qlearn.ptq import calibrate
+from qlearn.qat_layers import QATConfig, QATConvBN, set_quantization
 from qlearn.ranges import mse_range, percentile_range
 from qlearn.timing import Stopwatch
 
@@ -186,8 +204,6 @@ def ptq_variant(folded: torch.nn.Module, calib: torch.Tensor, weight_bits: int, 
 
 def _relu_form(folded: torch.nn.Module) -> torch.nn.Module:
     """The folded model with ReLU instead of ReLU6 wherever CLE would put it (layer 1 of each pair)."""
-    import copy
-
     out = copy.deepcopy(folded)
     mods = dict(out.named_modules())
     for a, _ in equalize_pairs(out):
@@ -220,8 +236,6 @@ def integer_check(qmodel: Any, x: torch.Tensor) -> dict:
     """Convert a W8A8 fake-quant model to the integer engine and compare on ``x`` (Eq. 69): the end-to-end
     ``qlearn.convert.compare`` numbers, the worst per-layer difference when each integer layer is fed the
     fake-quant model's own input codes (``layer_lsb``), and the engine's images per second."""
-    from qlearn.convert import compare, convert, quantize_input
-
     clock = Stopwatch()
     imodel = clock.time("convert", convert, qmodel)
     agree = compare(qmodel, imodel, x, batch_size=2)
@@ -235,8 +249,6 @@ def integer_check(qmodel: Any, x: torch.Tensor) -> dict:
 def layer_lsb(qmodel: Any, imodel: Any, x: torch.Tensor) -> dict:
     """Feed every integer conv layer the fake-quant model's codes of its input; the max |difference| of
     its output codes from the fake-quant ones, per layer ({name: LSBs}). Isolates each layer's rounding."""
-    from qlearn.qat_layers import QATConvBN
-
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     mods = {n: m for n, m in qmodel.named_modules() if isinstance(m, QATConvBN)}
     hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: seen.__setitem__(n, (inp[0], out)))
@@ -279,9 +291,6 @@ def _study(config: StudyConfig, data_dir: str | Path | None, say: Any, clock: St
     model = efficientnet_lite0()
     labels = None
     if data_dir is not None:
-        from qlearn.efficientnet import imagenet_wnids
-        from qlearn.photos import image_folder
-
         pixels, labels, _ = image_folder(data_dir, imagenet_wnids(), names, size=config.size, limit=config.crops)
     else:
         pixels, _ = sample_crops(config.crops, config.size, seed=0)
@@ -317,9 +326,7 @@ def _study(config: StudyConfig, data_dir: str | Path | None, say: Any, clock: St
 
 
 def cached_study(config: StudyConfig = QUICK, *, rerun: bool = False, progress: bool = True) -> dict:
-    """``run_study(config)``, cached as JSON under ``qlearn.train.cache_dir()/imagenet`` (rerun=True: recompute)."""
-    from qlearn.train import cache_dir
-
+    """``run_study(config)``, cached as JSON under ``qlearn.checkpoints.cache_dir()/imagenet`` (rerun=True: recompute)."""
     path = cache_dir() / "imagenet" / f"study-{config.key()}.json"
     if path.exists() and not rerun:
         return json.loads(path.read_text())

@@ -16,8 +16,9 @@ sum (q1 - Z1)(q2 - Z2) into four sums (Eq. 39) is what a kernel needs when Z2 !=
 
 The kernels ``conv2d``, ``conv2d_accumulator``, ``linear``, ``add``, ``avg_pool`` and ``requantize``
 take integer arrays and integer parameters only (float arrays are a ``TypeError``) and check every
-argument. The rest of the engine lives next door: ``qlearn.layer_integers`` turns float scales into
-these integer parameters (M0/shift, int32 bias, clamp), ``qlearn.integer_layers`` freezes one
+argument with the checks of ``qlearn.integer_args``. The rest of the engine lives next door:
+``qlearn.layer_integers`` turns float scales into these integer parameters (M0/shift, int32 bias,
+clamp), ``qlearn.integer_layers`` freezes one
 kernel's parameters into a layer (checked once, at construction) and ``qlearn.integer_model`` chains
 layers into ``IntegerModel``.
 
@@ -30,7 +31,6 @@ integer sum whenever 32640 K < 2^53, i.e. K < 2.7e11 terms (Eq. 26). The kernels
 """
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,20 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from qlearn._checks import check_integer_array
 from qlearn.fixedpoint import INT32_MAX, INT32_MIN, Int32OverflowError, multiply_by_quantized_multiplier
+from qlearn.integer_args import (
+    OUT_DTYPES,
+    _activation,
+    _bias,
+    _clamp,
+    _int,
+    _linear_args,
+    _multipliers,
+    _output_grid,
+    _padding,
+    _pair,
+    _weights,
+    _zero_point,
+)
 
 __all__ = [
     "Int32OverflowError",
@@ -49,140 +63,10 @@ __all__ = [
     "requantize",
 ]
 
-ACTIVATION_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8))
-OUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
 
 # ---------------------------------------------------------------------------------------------
-# Argument checks (each raises TypeError / ValueError with a message a learner can act on)
+# Shared arithmetic: the int32 range check, the exact matrix product and the requantization
 # ---------------------------------------------------------------------------------------------
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    return int(value)
-
-
-def _activation(x: Any, name: str, ndim: int | None = None) -> np.ndarray:
-    x = check_integer_array(x, name)
-    if x.dtype not in ACTIVATION_DTYPES:
-        raise TypeError(f"{name} must be uint8 or int8 activations (paper Sec. 2.1), got dtype {x.dtype}")
-    if ndim is not None and x.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
-    if x.size == 0:
-        raise ValueError(f"{name} is empty")
-    return x
-
-
-def _zero_point(zp: Any, name: str, dtype: np.dtype) -> int:
-    zp = _int(zp, name)
-    info = np.iinfo(dtype)
-    if not info.min <= zp <= info.max:
-        raise ValueError(
-            f"{name}={zp} is outside the {dtype} range [{info.min}, {info.max}]; a zero point is a "
-            "value of q and must be representable (paper Sec. 2.1)"
-        )
-    return zp
-
-
-def _clamp(act_min: Any, act_max: Any, dtype: np.dtype) -> tuple[int, int]:
-    info = np.iinfo(dtype)
-    lo = info.min if act_min is None else _int(act_min, "act_min")
-    hi = info.max if act_max is None else _int(act_max, "act_max")
-    if not info.min <= lo <= hi <= info.max:
-        raise ValueError(
-            f"the activation clamp must satisfy {info.min} <= act_min <= act_max <= {info.max} "
-            f"for {dtype} outputs, got act_min={lo}, act_max={hi}"
-        )
-    return lo, hi
-
-
-def _weights(w: Any, name: str, ndim: int) -> np.ndarray:
-    w = check_integer_array(w, name)
-    if w.dtype != np.int8:
-        raise TypeError(f"{name} must be int8 (symmetric weights, zero point 0; docs/conventions.md), got {w.dtype}")
-    if w.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {w.shape}")
-    if w.size == 0:
-        raise ValueError(f"{name} is empty")
-    return w
-
-
-def _bias(bias: Any, n_out: int) -> np.ndarray:
-    if bias is None:
-        return np.zeros(n_out, dtype=np.int64)
-    b = check_integer_array(bias, "bias_q")
-    if b.shape != (n_out,):
-        raise ValueError(f"bias_q must have shape ({n_out},) (one int32 per output channel), got {b.shape}")
-    b = b.astype(np.int64)
-    if b.min() < INT32_MIN or b.max() > INT32_MAX:
-        raise ValueError("bias_q must hold int32 values (Eq. 24); quantize it with quantize_bias")
-    return b
-
-
-def _multipliers(m0: Any, shift: Any, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """m0 / shift as (n_out,) int64 arrays; scalars broadcast. Ranges: m0 in [0, 2^31-1], shift in [-31, 30]."""
-    arrays = []
-    for value, name, lo, hi in ((m0, "m0", 0, INT32_MAX), (shift, "shift", -31, 30)):
-        if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
-            arr = np.full(n_out, int(value), dtype=np.int64)
-        else:
-            arr = check_integer_array(value, name)
-            if arr.ndim == 0:
-                arr = np.full(n_out, int(arr), dtype=np.int64)
-            elif arr.shape != (n_out,):
-                raise ValueError(
-                    f"{name} must be a scalar or have shape ({n_out},) (one per output channel), got {arr.shape}"
-                )
-            arr = arr.astype(np.int64)
-        if arr.min() < lo or arr.max() > hi:
-            raise ValueError(
-                f"{name} must lie in [{lo}, {hi}] (TFLite's fixed-point multiplier, Eq. 23), got values in "
-                f"[{arr.min()}, {arr.max()}]; make it with quantize_multiplier / requant_multiplier"
-            )
-        arrays.append(arr)
-    return arrays[0], arrays[1]
-
-
-def _pair(v: Any, name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
-        out = (_int(v[0], name), _int(v[1], name))
-    else:
-        out = (_int(v, name),) * 2
-    if min(out) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v!r}")
-    return out
-
-
-def _padding(v: Any, size: tuple[int, int] | None = None, kernel: tuple[int, int] = (1, 1),
-             stride: tuple[int, int] = (1, 1)) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) from an int, a pair (h, w), a 4-tuple or "same".
-
-    "same" is TensorFlow's SAME padding for an input of ``size`` (H, W): output ceil(H / s), total
-    padding max((ceil(H/s) - 1) s + k - H, 0) per axis, the smaller half before, the larger after --
-    asymmetric for a stride-2 layer on an even input (EfficientNet's convs). Without ``size`` only
-    the spelling is checked (all zeros returned).
-    """
-    if isinstance(v, str):
-        if v != "same":
-            raise ValueError(f"padding must be an int, a pair, a 4-tuple (top, bottom, left, right) or 'same', got {v!r}")
-        if size is None:
-            return (0, 0, 0, 0)
-        pads = []
-        for n, k, s in zip(size, kernel, stride):
-            out = -(-n // s)
-            total = max((out - 1) * s + k - n, 0)
-            pads += [total // 2, total - total // 2]
-        return pads[0], pads[1], pads[2], pads[3]
-    if isinstance(v, (tuple, list)) and len(v) == 4:
-        out4 = tuple(_int(p, "padding") for p in v)
-        if min(out4) < 0:
-            raise ValueError(f"padding must be >= 0, got {v!r}")
-        return out4  # type: ignore[return-value]
-    ph, pw = _pair(v, "padding", 0)
-    return ph, ph, pw, pw
-
-
 def _check_int32(acc: np.ndarray, what: str) -> None:
     """Refuse accumulators outside int32 (Eq. 25): hardware would wrap them silently."""
     lo, hi = int(acc.min()), int(acc.max())
@@ -217,20 +101,6 @@ def _requantize_acc(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, out_zp: 
     scaled = multiply_by_quantized_multiplier(acc, m0.reshape(shape), shift.reshape(shape))  # int32
     # clamp first, then add the zero point: an int32 sum scaled + out_zp could wrap, this cannot
     return (np.clip(scaled, lo - out_zp, hi - out_zp) + out_zp).astype(dtype)
-
-
-def _output_grid(x: np.ndarray, out_zp: Any, act_min: Any, act_max: Any) -> tuple[int, int, int]:
-    """(out_zp, act_min, act_max) checked against the output dtype, which is the input's dtype."""
-    out_zp = _zero_point(out_zp, "out_zp", x.dtype)
-    lo, hi = _clamp(act_min, act_max, x.dtype)
-    return out_zp, lo, hi
-
-
-def _groups(groups: Any, cout: int) -> int:
-    groups = _int(groups, "groups")
-    if groups < 1 or cout % groups:
-        raise ValueError(f"groups={groups} must be >= 1 and divide the output channels ({cout})")
-    return groups
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,21 +254,6 @@ def conv2d(
     return _requantize_acc(acc, m0_a, shift_a, out_zp, lo, hi, x.dtype, channel_axis=1)
 
 
-def _linear_args(x_q: Any, x_zp: Any, w_q: Any, bias_q: Any, m0: Any, shift: Any, out_zp: Any,
-                 act_min: Any, act_max: Any) -> tuple:
-    """The checked arguments of a fully connected layer (``linear`` here and in ``qlearn.saturation``):
-    x (N, In), x_zp, w (Out, In) int8, bias (Out,) int64, m0 and shift (Out,), out_zp, clamp lo, hi."""
-    x = _activation(x_q, "x_q", 2)
-    x_zp = _zero_point(x_zp, "x_zp", x.dtype)
-    w = _weights(w_q, "w_q", 2)
-    if w.shape[1] != x.shape[1]:
-        raise ValueError(f"w_q is (Out, In) = {w.shape} but x_q has {x.shape[1]} features (shape {x.shape})")
-    out_zp, lo, hi = _output_grid(x, out_zp, act_min, act_max)
-    bias = _bias(bias_q, w.shape[0])
-    m0_a, shift_a = _multipliers(m0, shift, w.shape[0])
-    return x, x_zp, w, bias, m0_a, shift_a, out_zp, lo, hi
-
-
 def linear(
     x_q: np.ndarray,
     x_zp: int,
@@ -468,7 +323,7 @@ def add(
     if not 0 <= left_shift <= 22:
         raise ValueError(f"left_shift must be in [0, 22] so that (q - Z) 2^left_shift fits int32, got {left_shift}")
     terms = []
-    for q, zp, m0, sh, nm in ((a, a_zp, a_m0, a_shift, "a"), (b, b_zp, b_m0, b_shift, "b")):
+    for q, zp, m0, sh in ((a, a_zp, a_m0, a_shift), (b, b_zp, b_m0, b_shift)):
         m0_a, sh_a = _multipliers(m0, sh, 1)
         centred = (q.astype(np.int64) - zp) << left_shift  # |.| <= 255 2^22 < 2^30: int32
         terms.append(multiply_by_quantized_multiplier(centred, int(m0_a[0]), int(sh_a[0])).astype(np.int64))

@@ -14,27 +14,24 @@ is for display. ``conv_layer`` / ``linear_layer`` build a layer from integer wei
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from qlearn.fixedpoint import multiplier_value
-from qlearn.integer import (
+from qlearn.integer import _conv_out, _linear_out, add, avg_pool, requantize
+from qlearn.integer_args import (
     _activation,
     _bias,
-    _conv_out,
     _groups,
-    _linear_out,
     _multipliers,
     _output_grid,
     _padding,
     _pair,
     _weights,
     _zero_point,
-    add,
-    avg_pool,
-    requantize,
 )
 from qlearn.layer_integers import add_multipliers, layer_integers
 from qlearn.qparams import QParams
@@ -288,7 +285,7 @@ class QAdd:
         act_min: int = 0,
         act_max: int = 255,
         left_shift: int = 20,
-    ) -> "QAdd":
+    ) -> QAdd:
         """Derive every multiplier from the three real scales (``add_multipliers``, Eq. 33)."""
         m = add_multipliers(a_scale, b_scale, out_scale, left_shift=left_shift)
         return cls(

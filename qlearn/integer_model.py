@@ -7,7 +7,8 @@ output, Eqs. 1, 9). ``describe`` prints the integers of every layer for a learne
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

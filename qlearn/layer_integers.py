@@ -23,7 +23,7 @@ import numpy as np
 
 from qlearn._checks import as_float_array
 from qlearn.fixedpoint import INT32_MAX, INT32_MIN, Int32OverflowError, quantize_multiplier
-from qlearn.integer import OUT_DTYPES, _int, _zero_point
+from qlearn.integer_args import OUT_DTYPES, _int, _zero_point
 from qlearn.qparams import QParams
 
 __all__ = [

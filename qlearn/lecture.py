@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shlex
 import signal
 import socket
-import os
 import subprocess
 import sys
 import threading

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from qlearn import onnx_fixedpoint as fx
-from qlearn.integer import _padding
+from qlearn.integer_args import _padding
 from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear, QRequantize
 
 __all__ = ["OPSET", "MS_DOMAIN", "Graph", "emit_layer", "layer_model"]
@@ -119,7 +119,7 @@ def _conv_attrs(layer: QConv2d | QLinear, w: np.ndarray, conv2d: bool) -> dict[s
         sh, sw = (layer.stride, layer.stride) if isinstance(layer.stride, numbers.Integral) else layer.stride
         attrs.update(strides=[int(sh), int(sw)], group=int(layer.groups))
         if layer.padding == "same":
-            attrs["auto_pad"] = "SAME_UPPER"  # TensorFlow SAME: the larger half after (qlearn.integer._padding)
+            attrs["auto_pad"] = "SAME_UPPER"  # TensorFlow SAME: the larger half after (qlearn.integer_args._padding)
         else:
             top, bottom, left, right = _padding(layer.padding, (10**6, 10**6), tuple(w.shape[2:]), (1, 1))
             attrs["pads"] = [top, left, bottom, right]  # ONNX order: begins (H, W), then ends (H, W)

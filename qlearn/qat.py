@@ -15,7 +15,7 @@ same model with training off (a fake-quant model, calibrated rather than trained
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -161,7 +161,7 @@ def load_qat_state(model_config: dict, qat_config: QATConfig | dict, state_dict:
     """Rebuild a saved QAT/PTQ model: ``prepare_qat(build_model(model_config), qat_config)`` then load
     ``state_dict`` (weights, BN statistics, activation ranges and step counters). Returns it in eval mode.
 
-    Use it with a checkpoint written by ``qlearn.train.save_checkpoint(path, qat_model, extra=...)``:
+    Use it with a checkpoint written by ``qlearn.checkpoints.save_checkpoint(path, qat_model, extra=...)``:
     the checkpoint's ``config`` is the float model's, and ``qat_config`` (a QATConfig or its
     ``to_dict()``) must be the one the model was prepared with. Missing or unexpected tensors raise.
     """

@@ -33,11 +33,11 @@ from qlearn._checks import check_bits, check_bits8, check_int
 from qlearn.bn_fold import fold_bn
 from qlearn.fake_quant import (
     ActFakeQuant,
-    bias_fake_quant,
     _broadcast,
-    quantize_int,
     _weight_limits,
+    bias_fake_quant,
     fake_quant_ste,
+    quantize_int,
     stat_sync,
     weight_range_kind,
     weight_scale,

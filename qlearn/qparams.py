@@ -18,7 +18,6 @@ import numpy as np
 
 from qlearn._checks import as_float_array, check_axis, check_bits, check_bool
 
-
 _TINY = np.finfo(np.float64).tiny  # smallest normal float64: a scale below it would underflow
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from qlearn._checks import as_float_array, check_axis, check_bits, check_bool, check_int
-from qlearn.quantize import fake_quantize
 from qlearn.qparams import QParams, integer_limits, qparams_from_range
+from qlearn.quantize import fake_quantize
 
 #: ``mse_range`` evaluates 2 * grid candidate ranges, each a fake-quantization of the whole tensor;
 #: 1024 (16x the default) is already far finer than the error curve needs.

@@ -35,8 +35,19 @@ from typing import Any
 import numpy as np
 
 from qlearn._checks import check_integer_array
-from qlearn.integer import (_activation, _bias, _clamp, _int, _linear_args, _multipliers, _padding, _pair,
-                            _requantize_acc, _weights, _zero_point)
+from qlearn.integer import _requantize_acc
+from qlearn.integer_args import (
+    _activation,
+    _bias,
+    _clamp,
+    _int,
+    _linear_args,
+    _multipliers,
+    _padding,
+    _pair,
+    _weights,
+    _zero_point,
+)
 
 __all__ = ["INT16_MIN", "INT16_MAX", "pair_dot", "exact_dot", "im2col", "linear", "conv2d", "Saturation",
            "saturation", "max_pair_sum"]

@@ -7,9 +7,9 @@ pool is set with ``torch.set_num_threads``; numpy's BLAS (OpenBLAS/MKL) and Open
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator
 
 import torch
 from threadpoolctl import ThreadpoolController

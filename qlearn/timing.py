@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numbers
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class Latency:
     repeats: int
 
     @classmethod
-    def from_seconds(cls, seconds: Any) -> "Latency":
+    def from_seconds(cls, seconds: Any) -> Latency:
         ms = 1000.0 * np.asarray(seconds, dtype=np.float64)
         return cls(float(np.median(ms)), float(np.percentile(ms, 95)), float(ms.min()), int(ms.size))
 

@@ -56,7 +56,7 @@ import torch.ao.nn.quantized as nnq
 import torch.nn.functional as F
 from torch import nn
 
-from qlearn.integer import _padding, _pair
+from qlearn.integer_args import _padding, _pair
 from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear, QRequantize
 from qlearn.integer_model import IntegerModel
 from qlearn.saturation import INT16_MAX, max_pair_sum
@@ -218,7 +218,7 @@ class _Clamp(nn.Module):
 
 class _QuantPad(nn.Module):
     """Pad a quantized (N, C, H, W) tensor by qlearn's rule (an asymmetric 4-tuple or TensorFlow's "same",
-    ``qlearn.integer._padding``); ``F.pad`` fills a quantized tensor with its zero point, as Eq. 38 asks."""
+    ``qlearn.integer_args._padding``); ``F.pad`` fills a quantized tensor with its zero point, as Eq. 38 asks."""
 
     def __init__(self, padding: Any, kernel: tuple[int, int], stride: tuple[int, int]) -> None:
         super().__init__()

@@ -1,41 +1,39 @@
-"""Deterministic float training, evaluation and safe checkpoints.
+"""Deterministic float training and evaluation.
 
 The float model is the starting point of everything in the paper: post-training quantization
 calibrates it, quantization-aware training fine-tunes it (paper Sec. 3). This module trains any
 ``nn.Module`` that maps images to logits with mini-batch SGD-style optimisation, the same way every
 time for the same seed: the seed fixes the initial weights (set it before building the model with
-``seed_everything``), the order of the mini-batches, and nothing else is random.
-
-Checkpoints are written with ``torch.save`` and read with ``torch.load(weights_only=True)``, which
-only rebuilds tensors and plain containers (a checkpoint cannot run code when loaded). A checkpoint
-stores the model's ``config`` so that ``load_checkpoint`` can rebuild the architecture, and loading
-into a different architecture is an error that says which tensors do not fit.
+``seed_everything``), the order of the mini-batches, and nothing else is random. ``train`` reads
+in-memory tensors; ``train_stream`` reads a ``Dataset`` through a DataLoader, on one process or
+several (``qlearn.distributed``), and can resume from its saved training state. Saving and loading
+a trained model is ``qlearn.checkpoints``.
 """
 from __future__ import annotations
 
+import inspect
 import math
-import hashlib
-import os
 import numbers
-import pickle
 import random
-import re
 import time
-import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from qlearn._checks import check_int, check_seed
+from qlearn.distributed import SINGLE, ShardSampler, all_reduce_sum, average_buffers
+from qlearn.files import atomic_path
 
 __all__ = [
-    "cache_dir",
     "TrainConfig",
     "TrainResult",
     "seed_everything",
@@ -43,12 +41,8 @@ __all__ = [
     "train_stream",
     "evaluate",
     "predict",
-    "save_checkpoint",
-    "load_checkpoint",
-    "CHECKPOINT_FORMAT",
 ]
 
-CHECKPOINT_FORMAT = "qlearn-checkpoint-v1"
 SCHEDULES = ("onecycle", "cosine", "constant")
 TRAIN_SEED_MAX = 2**40  # TrainConfig.seed: seed * 100003 + epoch stays far below torch's 2^64 limit
 
@@ -238,9 +232,8 @@ TRAIN_STATE_FORMAT = "qlearn-train-state-v1"
 
 def _save_state(path: Path, payload: dict) -> None:
     """torch.save into ``path`` atomically: a reader (or a resume after a crash) sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def _load_state(path: Path, key: str) -> dict | None:
@@ -290,10 +283,6 @@ def train_stream(
                same ``state_key`` is loaded and training continues after its last finished epoch.
                ``result.resumed_from`` is that epoch count (0: from the start).
     """
-    from torch.utils.data import DataLoader
-
-    from qlearn.distributed import SINGLE, ShardSampler, all_reduce_sum, average_buffers
-
     world = SINGLE if world is None else world
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
@@ -319,12 +308,8 @@ def train_stream(
     sched = _scheduler(opt, config, config.epochs * steps_per_epoch)
     net: nn.Module = model
     if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
         # buffers are not broadcast from rank 0 at every forward: they are averaged (BN) or synced
         # inside the forward (QAT's StatSync), so every process keeps its own, identical, copy
-        import inspect
-
         no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                    else {"broadcast_buffers": False})  # the name changed in newer PyTorch
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
@@ -373,148 +358,3 @@ def train_stream(
     model.train(False)
     result.seconds = time.perf_counter() - start
     return result
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def _check_plain(value: Any, where: str) -> None:
-    """Only what ``torch.load(weights_only=True)`` rebuilds: numbers, str, None, lists, dicts, tensors."""
-    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
-        return  # exact types: numpy's float64 subclasses float but is pickled as a numpy object
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, (str, int)):
-                raise TypeError(f"{where} has a key of type {type(k).__name__}; use str keys")
-            _check_plain(v, f"{where}[{k!r}]")
-        return
-    raise TypeError(
-        f"{where} is a {type(value).__name__}; a checkpoint holds only numbers, strings, None, lists, "
-        "dicts and tensors (convert numpy values with float() / int() / .tolist())"
-    )
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes (checkpoints, shipped models), read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def cache_dir() -> Path:
-    """The suite's one cache folder (lesson models, quick pipeline runs): $QLEARN_CACHE_DIR, else
-    $XDG_CACHE_HOME/qlearn, else ~/.cache/qlearn. Deleting it is always safe: everything is rebuilt."""
-    env = os.environ.get("QLEARN_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "qlearn"
-
-
-def save_checkpoint(path: str | Path, model: nn.Module, *, extra: dict | None = None) -> Path:
-    """Write ``model``'s weights, its ``config`` (if it has one) and ``extra`` plain data to ``path``.
-
-    ``extra`` may hold only numbers, strings, None, lists, dicts and tensors (what weights_only
-    loading accepts), e.g. {'float_acc': 0.98, 'seed': 0}; anything else is a TypeError now rather
-    than an unloadable file later. ``extra['kind'] = 'qat'`` marks a QAT model (it cannot be rebuilt
-    from the float config alone).
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    if extra is not None and not isinstance(extra, dict):
-        raise TypeError(f"extra must be a dict of plain data, got {type(extra).__name__}")
-    _check_plain(extra or {}, "extra")
-    config = dict(getattr(model, "config", {}) or {})
-    _check_plain(config, "model.config")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": config,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "extra": dict(extra or {}),
-    }
-    torch.save(payload, path)
-    return path
-
-
-def _read_payload(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        message = str(exc)
-        # torch names the refused class or function: "Unsupported global: GLOBAL os.system was not an
-        # allowed global" (older) or "unsupported GLOBAL posix.system whose module posix is blocked".
-        found = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", message, flags=re.IGNORECASE)
-        if found:  # a pickled class or function: refused, never run
-            raise ValueError(
-                f"checkpoint {path} holds objects other than tensors and plain data (it asks for "
-                f"{found.group(1)}), which weights_only loading refuses; it was not loaded and nothing in it "
-                "was run. Use only checkpoints written by qlearn.train.save_checkpoint"
-            ) from None
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint (unreadable pickle)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not a qlearn checkpoint (expected format {CHECKPOINT_FORMAT!r}); "
-            "write checkpoints with qlearn.train.save_checkpoint"
-        )
-    for key, kind in (("config", dict), ("state_dict", dict), ("extra", dict)):
-        if not isinstance(payload.get(key), kind):
-            raise ValueError(f"checkpoint {path} is corrupt: its {key!r} entry is missing or not a {kind.__name__}")
-    return payload
-
-
-def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
-    """Load a checkpoint written by ``save_checkpoint``; returns (model in eval mode, extra).
-
-    Without ``model`` the architecture is rebuilt from the stored config (qlearn.models.build_model).
-    With ``model`` its config (if any) must match the stored one, and every tensor must fit: missing,
-    unexpected or wrongly shaped entries raise ValueError naming them.
-    """
-    from qlearn.models import build_model
-
-    path = Path(path)
-    payload = _read_payload(path)
-    config, state = payload["config"], payload["state_dict"]
-    if model is None:
-        if not config:
-            raise ValueError(f"checkpoint {path} stores no model config; pass the model to load into")
-        if payload["extra"].get("kind") == "qat":
-            raise ValueError(
-                f"checkpoint {path} holds a QAT model: build it first with qlearn.qat.prepare_qat(float_model, "
-                "QATConfig(...)) using the settings it was trained with, and pass it as `model`"
-            )
-        model = build_model(config)
-    elif not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch nn.Module or None, got {type(model).__name__}")
-    else:
-        mine = dict(getattr(model, "config", {}) or {})
-        if mine and config and mine != config:
-            diff = {k: (config.get(k), mine.get(k)) for k in set(mine) | set(config) if mine.get(k) != config.get(k)}
-            raise ValueError(f"checkpoint {path} was saved from a different model: (saved, given) = {diff}")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            parts.append(
-                "wrong shapes " + ", ".join(f"{k}: saved {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:5])
-            )
-        raise ValueError(f"checkpoint {path} does not fit this model: " + "; ".join(parts))
-    model.load_state_dict(state)
-    model.eval()
-    return model, dict(payload["extra"])

@@ -22,16 +22,20 @@ import math
 import numbers
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qlearn.checkpoints import cache_dir, load_checkpoint, save_checkpoint
+from qlearn.data import load_digits_data
+from qlearn.shipped import shipped_file
 from qlearn.threads import one_thread
-from qlearn.train import cache_dir
+from qlearn.train import TrainConfig, evaluate, seed_everything, train
 
 __all__ = ["TransformerConfig", "TinyViT", "TransformerModel", "transformer_model", "patches"]
 
@@ -162,15 +166,11 @@ class TransformerModel:
 
 
 def _evaluate(model: TinyViT, data: Any) -> float:
-    from qlearn.train import evaluate
-
     with one_thread():
         return evaluate(model, data.x_test, data.y_test)
 
 
 def _train(config: TransformerConfig, data: Any, progress: bool) -> TinyViT:
-    from qlearn.train import TrainConfig, seed_everything, train
-
     with one_thread():
         seed_everything(config.seed)
         model = TinyViT(config, data.num_classes)
@@ -183,8 +183,6 @@ def _train(config: TransformerConfig, data: Any, progress: bool) -> TinyViT:
 
 def _read(config: TransformerConfig, path: Path, data: Any, *, cached: bool) -> TinyViT | None:
     """The model in checkpoint ``path``; a cached file that is unreadable or of another config gives None."""
-    from qlearn.train import load_checkpoint
-
     try:
         model, extra = load_checkpoint(path, TinyViT(config, data.num_classes))
     except (ValueError, OSError, RuntimeError, EOFError) as e:
@@ -202,10 +200,6 @@ def _read(config: TransformerConfig, path: Path, data: Any, *, cached: bool) -> 
 
 def _load_or_train(config: TransformerConfig, directory: Path | None, progress: bool, retrain: bool) -> TransformerModel:
     """Shipped model (``directory`` None, not ``retrain``) > cached checkpoint > trained now and cached."""
-    from qlearn.data import load_digits_data
-    from qlearn.shipped import shipped_file
-    from qlearn.train import save_checkpoint
-
     data = load_digits_data(8, seed=config.seed)  # (N, 1, 8, 8) in [0, 1]; 1,257 train / 540 test
     if directory is None and not retrain:
         shipped = shipped_file(f"{config.key}.pt")  # sha256-checked

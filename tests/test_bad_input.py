@@ -23,15 +23,16 @@ from torch import nn
 from qlearn import _checks
 from qlearn import fixedpoint as fp
 from qlearn.bn_fold import fold_bn, fuse_conv_bn, fuse_model
+from qlearn.checkpoints import load_checkpoint, save_checkpoint
 from qlearn.data import load_cifar10, load_mnist, read_idx
 from qlearn.error import sqnr_db
-from qlearn.models import mobilenet_v1
 from qlearn.fake_quant import fake_quant_ste, weight_scale
+from qlearn.models import mobilenet_v1
 from qlearn.qat_layers import QATConfig
 from qlearn.qparams import integer_limits, qparams_from_range
 from qlearn.quantize import paper_scale
 from qlearn.ranges import GRID_MAX, EMARange, mse_range
-from qlearn.train import TrainConfig, load_checkpoint, save_checkpoint, seed_everything
+from qlearn.train import TrainConfig, seed_everything
 
 FAST = settings(max_examples=60, deadline=None, derandomize=True)
 X = np.linspace(-1.0, 1.0, 101)

@@ -12,12 +12,12 @@ pytestmark = pytest.mark.slow
 
 def test_deployed_same_layers_within_one_lsb_and_run_smoke():
     from benchmarks.bench_imagenet import markdown, run
-    from qlearn.torch_int8 import to_torch_int8
     from qlearn.convert import convert, quantize_input
     from qlearn.efficientnet import efficientnet_lite0, preprocess
     from qlearn.equalization import folded_form, zero_dead_channels
     from qlearn.imagenet_ptq import ptq_variant
     from qlearn.photos import sample_crops
+    from qlearn.torch_int8 import to_torch_int8
 
     f = folded_form(efficientnet_lite0())
     zero_dead_channels(f)

@@ -23,14 +23,14 @@ from qlearn.agreement import code_agreement
 from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear
 from qlearn.integer_model import IntegerModel
 from qlearn.layer_integers import requant_multiplier
+from qlearn.qparams import QParams
+from qlearn.timing import Latency, measure
 from qlearn.torch_int8 import (
     Int16SaturationWarning,
     choose_engine,
     pair_sum_bounds,
     to_torch_int8,
 )
-from qlearn.timing import Latency, measure
-from qlearn.qparams import QParams
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("sliders", "notebooks", "pipeline", "engine", "latency", "onnx", "imagenet", "grading", "distributed")

@@ -14,7 +14,6 @@ from qlearn.bn_fold import fold_bn, fuse_conv_bn, fuse_model
 from qlearn.models import ConvBNReLU, mobilenet_v1, mobilenet_v2
 
 
-
 def _random_bn(c: int, seed: int, affine: bool = True) -> nn.BatchNorm2d:
     g = torch.Generator().manual_seed(seed)
     bn = nn.BatchNorm2d(c, affine=affine, eps=1e-3)

@@ -18,10 +18,10 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from qlearn import deploy  # noqa: E402
-from qlearn.integer_layers import QConv2d, QLinear  # noqa: E402
 from qlearn.agreement import code_agreement  # noqa: E402
-from qlearn.torch_int8 import cpu_int8_features, to_torch_int8  # noqa: E402
+from qlearn.integer_layers import QConv2d, QLinear  # noqa: E402
 from qlearn.onnx_export import to_onnx, to_onnx_runtime  # noqa: E402
+from qlearn.torch_int8 import cpu_int8_features, to_torch_int8  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ import pytest
 import qlearn
 from qlearn.distributions import DISTRIBUTIONS, sample
 from qlearn.lessons.error_analysis import clipping_curves, error_vs_bits
-from qlearn.widgets.basics import quantize_explorer
 from qlearn.lessons.skip_connections import RATIO_GRID, add_experiment, concat_experiment, ratio_sweep
+from qlearn.widgets.basics import quantize_explorer
 
 INT16_MAX = np.iinfo(np.int16).max
 

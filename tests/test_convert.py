@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from qlearn.agreement import Agreement
+from qlearn.convert import compare, convert, quantize_input
 from qlearn.data import load_digits_data
 from qlearn.fixedpoint import Int32OverflowError, multiplier_value
 from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear
@@ -15,8 +17,6 @@ from qlearn.models import mobilenet_v1, mobilenet_v2
 from qlearn.ptq import post_training_quantize
 from qlearn.qat import prepare_qat
 from qlearn.qat_layers import QATConfig, QATConvBN, set_quantization
-from qlearn.agreement import Agreement
-from qlearn.convert import compare, convert, quantize_input
 from qlearn.train import TrainConfig, evaluate, predict, seed_everything, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*:UserWarning")

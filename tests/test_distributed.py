@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_folder_data import make_folder
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -25,8 +26,6 @@ from qlearn.distributed import SINGLE, ShardSampler, World, integer_model_sha256
 from qlearn.models import MODELS
 from qlearn.pipeline import PRESETS, main, resume_dir_for, throughput, write_run
 from qlearn.train import TrainConfig, seed_everything, train, train_stream
-
-from test_folder_data import make_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,18 +93,18 @@ def _qat_setup():
 def _qat_worker(rank: int, size: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from qlearn import qat
+    from qlearn import fake_quant
     from qlearn.distributed import StatSync
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
     world = World(rank, size, rank, "gloo")
     qmodel, dataset, cfg = _qat_setup()
-    qat.set_stat_sync(StatSync(world))
+    fake_quant.set_stat_sync(StatSync(world))
     try:
         train_stream(qmodel, dataset, cfg, world=world, progress=False)
     finally:
-        qat.set_stat_sync(None)
+        fake_quant.set_stat_sync(None)
         dist.destroy_process_group()
     torch.save(qmodel.state_dict(), Path(out) / f"rank{rank}.pt")
 

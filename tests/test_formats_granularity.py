@@ -110,7 +110,7 @@ def test_granular_accuracy_is_the_swapped_model(lesson):
         assert torch.equal(l.module.weight, before[n])
     saved = {n: l.module.weight.detach().clone() for n, l in lesson.layers.items()}
     with torch.no_grad():
-        for n, l in lesson.layers.items():
+        for l in lesson.layers.values():
             l.module.weight.copy_(torch.from_numpy(fake_quantize(l.weight, weight_qparams(l.weight, 8))).float())
         expected = evaluate(lesson.folded, lesson.data.x_test, lesson.data.y_test)
         for n, l in lesson.layers.items():

@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 
 import nbformat
-from exercise_notebooks import base, cell_defining, insert_after, replace_body
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from exercise_notebooks import base, cell_defining, insert_after, replace_body
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qlearn.grading import checks, events, generated, grader, judge, outcomes, spec, strip, timeouts
 from qlearn.grading.checks import PROFILES, run_check
@@ -493,11 +494,14 @@ ROUNDING = {
     "task_7_4": ("exact", _SRDHM_EXACT + "def multiply_by_quantized_multiplier(x, m0, shift):\n"
                           "    y = x * 2 ** max(shift, 0)\n    if not -2**31 <= y < 2**31: raise OverflowError('int32')\n"
                           "    return RND(Fraction(_srdhm(y, m0), 2 ** max(-shift, 0)))", {"half_away"}),
-    "task_8_2": ("exact", _SRDHM_EXACT + "def quantized_conv2d(x_q, x_zp, w_q, bias_q, m0, shift, out_zp, stride, padding, act_min, act_max):\n"
+    "task_8_2": ("exact", _SRDHM_EXACT + "def quantized_conv2d(x_q, x_zp, w_q, bias_q, m0, shift, out_zp, "
+                          "stride, padding, act_min, act_max):\n"
                           "    import torch\n    import torch.nn.functional as F\n"
                           "    acc = F.conv2d(torch.tensor(x_q.astype(np.float64) - x_zp), torch.tensor(w_q.astype(np.float64)),\n"
-                          "                   torch.tensor(bias_q.astype(np.float64)), stride=stride, padding=padding).numpy().astype(np.int64)\n"
-                          "    q = np.vectorize(lambda a: RND(Fraction(_srdhm(int(a) * 2 ** max(shift, 0), m0), 2 ** max(-shift, 0))))(acc)\n"
+                          "                   torch.tensor(bias_q.astype(np.float64)), stride=stride, padding=padding)"
+                          ".numpy().astype(np.int64)\n"
+                          "    q = np.vectorize(lambda a: RND(Fraction(_srdhm(int(a) * 2 ** max(shift, 0), m0), "
+                          "2 ** max(-shift, 0))))(acc)\n"
                           "    return np.clip(q + out_zp, act_min, act_max).astype(np.uint8)", {"half_away"}),
     "task_11_1": ("np", "def int_weights_and_bias(w, b, in_scale):\n    a = np.abs(w.reshape(len(w), -1)).max(1)\n"
                         "    s = np.where(a > 0, a / 127, 1.0)\n"

@@ -25,9 +25,9 @@ import uuid
 from pathlib import Path
 
 import nbformat
-from exercise_notebooks import SOL_EX1, base, cell_defining, insert_after, replace_body
 import numpy as np
 import pytest
+from exercise_notebooks import SOL_EX1, base, cell_defining, insert_after, replace_body
 
 from qlearn.grading import checks, events, grader, outcomes, sandbox, spec, wire
 from qlearn.grading.generated import cases_for

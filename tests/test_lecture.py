@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 
 from qlearn import lecture
 from qlearn.lecture import (
-    DEFAULT_PORT, HOST, check_port, find_notebook, free_port, lesson_notebooks, port_is_free, voila_command,
+    DEFAULT_PORT,
+    HOST,
+    check_port,
+    find_notebook,
+    free_port,
+    lesson_notebooks,
+    port_is_free,
+    voila_command,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,6 @@ from qlearn.models import (
     mobilenet_v2,
 )
 
-
 BLOCKS = (ConvBNReLU, DepthwiseSeparable, InvertedResidual)
 
 

@@ -19,14 +19,14 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from qlearn import onnx_export as oe  # noqa: E402
+from qlearn import onnx_fixedpoint as fx  # noqa: E402
+from qlearn import onnx_graph as og  # noqa: E402
+from qlearn.agreement import code_agreement  # noqa: E402
+from qlearn.fixedpoint import multiply_by_quantized_multiplier  # noqa: E402
 from qlearn.integer import avg_pool, conv2d_accumulator  # noqa: E402
 from qlearn.integer_layers import QAdd, QConv2d, QGlobalAvgPool, QLinear, QRequantize  # noqa: E402
 from qlearn.integer_model import IntegerModel  # noqa: E402
 from qlearn.layer_integers import activation_range, quantize_bias, requant_multiplier  # noqa: E402
-from qlearn import onnx_fixedpoint as fx  # noqa: E402
-from qlearn import onnx_graph as og  # noqa: E402
-from qlearn.fixedpoint import multiply_by_quantized_multiplier  # noqa: E402
-from qlearn.agreement import code_agreement  # noqa: E402
 from qlearn.qparams import QParams  # noqa: E402
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from qlearn.checkpoints import load_checkpoint
 from qlearn.convert import convert, quantize_input
 from qlearn.data import load_digits_data
 from qlearn.pipeline import PRESETS, main, prepare_out_dir, run_pipeline
 from qlearn.qat import prepare_qat
 from qlearn.qat_layers import QATConfig
-from qlearn.train import load_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

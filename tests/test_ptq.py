@@ -15,7 +15,6 @@ from qlearn.qat_layers import QATConfig, QATConvBN
 from qlearn.train import TrainConfig, evaluate, seed_everything, train
 
 
-
 @pytest.fixture(scope="module")
 def trained():
     data = load_digits_data(16, seed=0)

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from qlearn.bn_fold import fuse_conv_bn
+from qlearn.fake_quant import ActFakeQuant, fake_quant_ste, weight_scale
 from qlearn.integer import avg_pool
 from qlearn.models import ConvBNReLU, mobilenet_v1, mobilenet_v2
-from qlearn.fake_quant import ActFakeQuant, fake_quant_ste, weight_scale
 from qlearn.qat import FakeQuantMobileNet, QATInvertedResidual, prepare_qat
 from qlearn.qat_layers import QATAdd, QATAvgPool, QATConfig, QATConvBN, QATLinear, set_quantization
 from qlearn.qparams import qparams_from_range
@@ -561,7 +561,7 @@ def test_fuse_conv_bn_agrees_with_qat_fold_in_eval():
 
 
 def test_load_qat_state_round_trip(tmp_path):
-    from qlearn.train import save_checkpoint  # the format the pipeline uses
+    from qlearn.checkpoints import save_checkpoint  # the format the pipeline uses
     from qlearn.qat import load_qat_state
 
     torch.manual_seed(0)

@@ -72,7 +72,7 @@ def test_ema_default_decay_and_errors():
     with pytest.raises(ValueError, match="decay"):
         EMARange(decay=1.0)
     with pytest.raises(ValueError, match="no data"):
-        EMARange().range
+        _ = EMARange().range
 
 
 @FAST

@@ -8,18 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from qlearn.checkpoints import load_checkpoint, save_checkpoint
 from qlearn.data import load_digits_data
 from qlearn.models import mobilenet_v1, mobilenet_v2
 from qlearn.train import (
     TrainConfig,
     evaluate,
-    load_checkpoint,
     predict,
-    save_checkpoint,
     seed_everything,
     train,
 )
-
 
 
 @pytest.fixture(scope="module")

@@ -213,8 +213,8 @@ def test_sweeps_have_their_shapes(tm):
 def test_build_transformer_keeps_every_other_shipped_file(tmp_path, monkeypatch):
     import json
 
-    from qlearn import shipped
-    from qlearn.train import file_sha256
+    from qlearn import ship, shipped
+    from qlearn.checkpoints import file_sha256
 
     out = tmp_path / "shipped"
     out.mkdir()
@@ -229,8 +229,8 @@ def test_build_transformer_keeps_every_other_shipped_file(tmp_path, monkeypatch)
         (directory / "transformer-new.pt").write_bytes(b"new weights")
         return [directory / "transformer-new.pt"]
 
-    monkeypatch.setattr(shipped, "_transformer_results", fake)
-    shipped.build_transformer(out, progress=False)
+    monkeypatch.setattr(ship, "_transformer_results", fake)
+    ship.build_transformer(out, progress=False)
     m = shipped.manifest(out)
     assert m["files"]["lesson.pt"] == entry and (out / "lesson.pt").read_bytes() == b"lesson weights"
     assert m["machine"] == {"cpu": "old"} and "transformer" in m["parts"]

@@ -18,17 +18,17 @@ from hypothesis import strategies as st
 
 from qlearn.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 from qlearn.layer_integers import requant_multiplier
-from qlearn.quantize import dequantize, fake_quantize
 from qlearn.lessons.integer_inference import (
     ROUNDING_LABELS,
     conv_three_ways,
     multiplier_error_curve,
-    pair_saturation_on_this_cpu,
     rounding_comparison,
     split_multiplier,
     tiny_integer_model,
     zero_point_terms,
 )
+from qlearn.lessons.pair_saturation import pair_saturation_on_this_cpu
+from qlearn.quantize import dequantize, fake_quantize
 from qlearn.widgets.integer_explorers import ConvExplorer, MultiplierExplorer, RoundingExplorer, pair_saturation_figure
 
 SMALL = settings(max_examples=25, deadline=None, derandomize=True)

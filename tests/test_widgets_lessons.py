@@ -17,19 +17,19 @@ from hypothesis import strategies as st
 
 from qlearn.data import load_digits_data
 from qlearn.error import error_breakdown, sqnr_db
+from qlearn.lessons import lesson_model as M
+from qlearn.lessons import outliers_ranges as O
+from qlearn.lessons import per_channel as P
+from qlearn.lessons import skip_connections as K
 from qlearn.models import ConvBNReLU, mobilenet_v1
 from qlearn.qparams import qparams_from_range
 from qlearn.quantize import dequantize, fake_quantize, quantize
 from qlearn.ranges import EMARange, minmax_range, mse_range, range_for, weight_qparams
-from qlearn.train import TrainConfig, evaluate, seed_everything, train
-from qlearn.lessons import lesson_model as M
-from qlearn.lessons import outliers_ranges as O
-from qlearn.lessons import per_channel as P
 from qlearn.threads import one_thread
+from qlearn.train import TrainConfig, evaluate, seed_everything, train
 from qlearn.widgets import outliers as OW
 from qlearn.widgets import per_channel as PW
 from qlearn.widgets import skip as KW
-from qlearn.lessons import skip_connections as K
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*:UserWarning")
@@ -248,7 +248,7 @@ def test_quantized_weight_accuracy_matches_pytorch_fake_quant_and_restores(tiny_
         acc = P.quantized_weight_accuracy(tiny_lesson, bits, per_channel=pc)
         oracle = copy.deepcopy(tiny_lesson.folded)
         with torch.no_grad():
-            for name, module in oracle.named_modules():
+            for module in oracle.modules():
                 if isinstance(module, ConvBNReLU):
                     module.conv.weight.copy_(_torch_fq_weights(module.conv.weight.double().numpy(), bits, pc))
             oracle.classifier.weight.copy_(_torch_fq_weights(oracle.classifier.weight.double().numpy(), bits, pc))

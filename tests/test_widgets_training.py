@@ -19,13 +19,13 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from qlearn.data import load_digits_data
-from qlearn.models import mobilenet_v1
-from qlearn.train import TrainConfig, seed_everything, train
 from qlearn.lessons import bn_folding as B
 from qlearn.lessons import lesson_model as P
-from qlearn.threads import one_thread
-from qlearn.widgets import bn_fold as BW
 from qlearn.lessons import qat as LQ
+from qlearn.models import mobilenet_v1
+from qlearn.threads import one_thread
+from qlearn.train import TrainConfig, seed_everything, train
+from qlearn.widgets import bn_fold as BW
 from qlearn.widgets import qat as Q
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)

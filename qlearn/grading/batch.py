@@ -74,7 +74,7 @@ def _unique_names(subs: list[tuple[str, list[Path]]], folder: Path) -> list[tupl
     for i, (name, _) in enumerate(subs):
         by_base.setdefault(_safe_name(name).casefold(), []).append(i)
     names: list[tuple[str, list[str]]] = []
-    for i, (name, paths) in enumerate(subs):
+    for name, paths in subs:
         base = _safe_name(name)
         unique, k = base, 1
         while unique.casefold() in taken:

@@ -16,7 +16,8 @@ actual output, why they differ and a hint. The hint diagnoses when it can: the t
 (``Task.bugs``, known-wrong functions) run on the failing case, and if the learner's answer is exactly
 one of theirs, the hint names that mistake (``diagnose``); otherwise it is the case's own hint. Every
 verdict says how many cases of each kind ran. The notebook's check runs fewer generated cases than
-the grader does (profile "notebook" vs "grade"), and its verdict says so: a pass in the notebook never claims that every test the grader runs has passed.
+the grader does (profile "notebook" vs "grade"), and its verdict says so: a pass in the notebook never
+claims that every test the grader runs has passed.
 
 ``run_check`` returns a ``CheckResult`` without printing (pytest uses it); ``check`` prints the verdict.
 The grader runs the same cases under the same rules, split across two processes (``outcomes``).
@@ -38,7 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from qlearn.grading.generated import run_seeded
 from qlearn.grading.judge import run_case

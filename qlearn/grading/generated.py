@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import threading
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from qlearn.grading.spec import PROFILES, Case, Task
 

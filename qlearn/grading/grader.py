@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     d = Limits()
     parser.add_argument("--time-limit", type=float, default=d.time_limit, help=f"seconds per notebook run (default {d.time_limit:g})")
     parser.add_argument("--cell-timeout", type=float, default=d.cell_timeout, help=f"seconds per code cell (default {d.cell_timeout:g})")
-    parser.add_argument("--task-timeout", type=float, default=d.task_timeout, help=f"seconds per group of a task's cases (default {d.task_timeout:g})")
+    parser.add_argument("--task-timeout", type=float, default=d.task_timeout,
+                        help=f"seconds per group of a task's cases (default {d.task_timeout:g})")
     parser.add_argument("--memory-mb", type=int, default=d.memory_mb, help=f"memory limit per notebook in MiB (default {d.memory_mb})")
     parser.add_argument("--max-restarts", type=int, default=d.max_restarts, help=f"re-runs after a crash (default {d.max_restarts})")
     parser.add_argument("--examples", type=int, default=None, help="generated (hypothesis) cases per task (default 60)")

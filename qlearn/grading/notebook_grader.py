@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qlearn.grading import sandbox as _sandbox, wire
+from qlearn.grading import sandbox as _sandbox
+from qlearn.grading import wire
 from qlearn.grading.events import Stream, decode_report, watch
 from qlearn.grading.generated import cases_for
 from qlearn.grading.limits import Limits

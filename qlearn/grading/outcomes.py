@@ -9,7 +9,8 @@ hypothesis.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from qlearn.grading.formatting import fmt, fmt_args
 from qlearn.grading.judge import Outcome, expected_answer, invoke, judge

@@ -12,7 +12,8 @@ import copy
 import importlib
 import inspect
 import types
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from qlearn.grading.formatting import fmt
 from qlearn.grading.spec import Task

@@ -117,7 +117,7 @@ class CheckResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CheckResult":
+    def from_dict(cls, d: dict) -> CheckResult:
         groups = []
         for g in d.get("groups", []):
             g = dict(g)

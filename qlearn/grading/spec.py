@@ -10,8 +10,9 @@ Nothing here imports the registry or the engine, so the dependencies point one w
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["Exercise", "Case", "Bug", "Task", "ContractError", "call_positional", "PROFILES", "GROUPS",
            "DEFAULT_TIME_LIMIT"]

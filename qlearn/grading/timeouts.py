@@ -9,7 +9,8 @@ import contextlib
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 __all__ = ["CheckTimeout", "time_limit", "on_timeout"]
 

@@ -66,7 +66,7 @@ class Opaque:
         return self._text
 
     @classmethod
-    def of(cls, name: str, text: str) -> "Opaque":
+    def of(cls, name: str, text: str) -> Opaque:
         name = name if _NAME_RE.match(name or "") else "object"
         sub = cls._classes.get(name)
         if sub is None:

@@ -34,10 +34,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from qlearn._checks import as_float_array, check_bits, check_bool, check_channel
 from qlearn.bn_fold import fold_bn, fuse_conv_bn
+from qlearn.fake_quant import ActFakeQuant
 from qlearn.lessons.lesson_model import LessonModel, check_lesson
 from qlearn.lessons.per_channel import widest_spread_layer
 from qlearn.models import ConvBNReLU
-from qlearn.fake_quant import ActFakeQuant
 from qlearn.qat_layers import QATConvBN
 from qlearn.quantize import fake_quantize
 from qlearn.ranges import weight_qparams
@@ -94,7 +94,7 @@ class BNLayer:
         """(w_fold, b_fold) in float64 (Eqs. 41-42; the conv has no bias of its own)."""
         return fold_bn(self.weight, None, self.gamma, self.beta, self.mean, self.var, self.eps)
 
-    def with_channel(self, channel: int, *, gamma_scale: float = 1.0, var_scale: float = 1.0) -> "BNLayer":
+    def with_channel(self, channel: int, *, gamma_scale: float = 1.0, var_scale: float = 1.0) -> BNLayer:
         """A copy with channel ``channel``'s gamma multiplied by ``gamma_scale`` and its running
         variance by ``var_scale`` (what-if: a channel whose BN learned a tiny variance)."""
         c = check_channel(channel, self.channels)

@@ -34,6 +34,7 @@ from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import dequantize, fake_quantize, quantize
 from qlearn.ranges import minmax_range, weight_qparams
 from qlearn.threads import one_thread
+from qlearn.train import evaluate, predict
 
 __all__ = [
     "NumberFormat", "number_formats", "GRANULARITIES", "GroupQuant", "quantize_groups", "fake_quant_granular",
@@ -168,8 +169,6 @@ def bits_per_weight(shape: tuple[int, ...], bits: int, granularity: Any, *, scal
 
 
 def _accuracy_with(lesson: LessonModel, new: dict[str, np.ndarray]) -> float:
-    from qlearn.train import evaluate
-
     chosen = [lesson.layer(n) for n in new]
     with _swapped_weights(chosen, list(new.values())), one_thread():
         return evaluate(lesson.folded, lesson.data.x_test, lesson.data.y_test)
@@ -362,8 +361,6 @@ def weight_bytes(lesson: LessonModel, bits: dict[str, int]) -> float:
 def _calibration_loss(lesson: LessonModel, new: dict[str, np.ndarray], n: int = 512) -> float:
     """Cross-entropy on the first ``n`` training images with ``new`` weights swapped in (a calibration set:
     the allocation never looks at the test images its accuracy is reported on)."""
-    from qlearn.train import predict
-
     chosen = [lesson.layer(name) for name in new]
     with _swapped_weights(chosen, list(new.values())), one_thread(), torch.no_grad():
         logits = predict(lesson.folded, lesson.data.x_train[:n])

@@ -19,11 +19,12 @@ import numpy as np
 from torch import nn
 
 from qlearn.bn_fold import fuse_model
+from qlearn.checkpoints import cache_dir, load_checkpoint, save_checkpoint
 from qlearn.data import ImageData, load_digits_data
 from qlearn.models import MODELS, ConvBNReLU
 from qlearn.shipped import shipped_file
 from qlearn.threads import one_thread
-from qlearn.train import TrainConfig, cache_dir, evaluate, load_checkpoint, save_checkpoint, seed_everything, train
+from qlearn.train import TrainConfig, evaluate, seed_everything, train
 
 __all__ = ["LessonConfig", "FoldedLayer", "LessonModel", "lesson_model", "check_lesson", "cached_results",
            "cache_dir"]
@@ -93,7 +94,7 @@ class LessonModel:
     cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_model(cls, model: nn.Module, data: Any, config: LessonConfig | None = None) -> "LessonModel":
+    def from_model(cls, model: nn.Module, data: Any, config: LessonConfig | None = None) -> LessonModel:
         """Wrap any trained qlearn MobileNet and its ImageData (no cache): fold BN, measure accuracy."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch nn.Module (a qlearn MobileNet), got {type(model).__name__}")

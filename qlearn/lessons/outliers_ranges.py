@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -10,8 +10,9 @@ S1 = S2. Substituting r = S (q - Z) (Eq. 1) gives the re-quantized add of the pa
 Both ratios are real numbers. The paper's Appendix A.2 rescales one input onto the other's scale, adds,
 then rescales the sum to the output scale; the integer kernel here (``qlearn.integer.add``) is
 TFLite's ADD instead (Eqs. 32-34): it scales both inputs to a common fine grid 2 max(S1, S2) in fixed
-point, adds in int32 and scales the sum to the output grid. During training the same add is followed by a fake-quant node with its own EMA range
-(paper Sec. 3; ``qlearn.qat_layers.QATAdd``): q3 is what that node produces, so training sees the
+point, adds in int32 and scales the sum to the output grid. During training the same add is followed
+by a fake-quant node with its own EMA range (paper Sec. 3; ``qlearn.qat_layers.QATAdd``): q3 is what
+that node produces, so training sees the
 inference-time rounding (Eq. 73). The integer result differs from it by at most one LSB.
 
 Concatenation (Appendix A.3) has no arithmetic at all if every input and the output share one
@@ -25,13 +26,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from qlearn._checks import check_bits, check_int, check_number
+from qlearn.fake_quant import ActFakeQuant
 from qlearn.fixedpoint import quantize_multiplier
 from qlearn.integer import add, requantize
 from qlearn.layer_integers import AddMultipliers, add_multipliers
+from qlearn.qat_layers import QATAdd
 from qlearn.qparams import QParams, qparams_from_range
-from qlearn.quantize import dequantize, quantize
+from qlearn.quantize import dequantize, fake_quantize, quantize
 from qlearn.ranges import minmax_range
 
 __all__ = [
@@ -158,12 +162,6 @@ def training_add_experiment(
     node tracks the sum's range with an EMA (``decay``); in eval mode its output is the re-quantized
     add of Eq. 72-73, which the integer kernel reproduces from the codes.
     """
-    import torch
-
-    from qlearn.fake_quant import ActFakeQuant
-    from qlearn.qat_layers import QATAdd
-    from qlearn.quantize import fake_quantize
-
     ratio = float(check_number(scale_ratio, "scale_ratio", 1e-3, 1e3))
     steps = check_int(steps, "steps", minimum=1)
     batch = check_int(batch, "batch", minimum=2)

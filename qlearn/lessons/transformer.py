@@ -15,8 +15,9 @@ the shipped model). No ipywidgets or matplotlib here.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import fake_quantize, quantize
 from qlearn.ranges import range_for, weight_qparams
 from qlearn.threads import one_thread
+from qlearn.train import evaluate
 from qlearn.transformer import TransformerModel
 
 __all__ = [
@@ -203,8 +205,6 @@ def with_outlier(tm: TransformerModel, factor: float = OUTLIER_FACTOR, layer: st
     with torch.no_grad():
         ln.bias[channel] += c
         lin.bias -= lin.weight[:, channel] * c
-    from qlearn.train import evaluate
-
     with one_thread():
         acc = evaluate(model, tm.data.x_test, tm.data.y_test)
     return replace(tm, model=model, float_acc=acc, path=None, shipped=False, cache={})

@@ -74,13 +74,13 @@ This package re-exports the main public names of every part but ``drawing``, so
 """
 from __future__ import annotations
 
+from qlearn.pipeline.cli import main, parse_args
 from qlearn.pipeline.config import PRESETS, PipelineConfig, check_config
 from qlearn.pipeline.folders import check_out_dir, prepare_out_dir, resume_dir_for, verify_run
 from qlearn.pipeline.report import throughput
-from qlearn.pipeline.stages import folded_weight_ranges, stage_float
 from qlearn.pipeline.run import run_pipeline, write_run
 from qlearn.pipeline.runs import PipelineRun, cached_quick_run, load_run, quick_config, quick_run_dir
-from qlearn.pipeline.cli import main, parse_args
+from qlearn.pipeline.stages import folded_weight_ranges, stage_float
 
 __all__ = ["PipelineConfig", "PRESETS", "run_pipeline", "write_run", "check_config", "check_out_dir", "main",
            "parse_args", "quick_config", "quick_run_dir", "cached_quick_run", "PipelineRun", "load_run", "throughput",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qlearn._checks import check_bool
-from qlearn.train import file_sha256
+from qlearn.checkpoints import file_sha256
 
 __all__ = ["RUN_FILES", "check_out_dir", "prepare_out_dir", "resume_dir_for", "run_checkpoints", "checkpoint_mismatch",
            "verify_run"]

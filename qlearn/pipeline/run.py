@@ -14,27 +14,37 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from qlearn import distributed
+from qlearn.checkpoints import file_sha256
 from qlearn.data import load_dataset
 from qlearn.distributed import SINGLE, World, broadcast_error
 from qlearn.files import staging_dir, write_then_rename
 from qlearn.pipeline.config import PTQ_METHODS_ORDER, PipelineConfig, check_config, run_settings, torch_device
 from qlearn.pipeline.folders import check_out_dir, resume_dir_for, run_checkpoints
 from qlearn.pipeline.report import report_markdown, weight_ranges_summary
-from qlearn.pipeline.stages import (folded_weight_ranges, log, n_train, qat_schedule, stage_float, stage_integer,
-                                    stage_ptq, stage_qat, three_logits)
+from qlearn.pipeline.stages import (
+    folded_weight_ranges,
+    log,
+    n_train,
+    qat_schedule,
+    stage_float,
+    stage_integer,
+    stage_ptq,
+    stage_qat,
+    three_logits,
+)
 from qlearn.threads import one_thread
 from qlearn.timing import Stopwatch
-from qlearn.train import file_sha256
 
 __all__ = ["run_pipeline", "write_run", "FIGURE_IMAGES"]
 

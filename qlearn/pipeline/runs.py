@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qlearn._checks import SEED_MAX, check_bool
+from qlearn.checkpoints import cache_dir, load_checkpoint
 from qlearn.convert import convert
 from qlearn.data import ImageData, load_dataset
 from qlearn.files import staging_dir, write_then_rename
@@ -28,7 +29,6 @@ from qlearn.pipeline.folders import checkpoint_mismatch, verify_run
 from qlearn.pipeline.run import run_pipeline
 from qlearn.qat import prepare_qat
 from qlearn.qat_layers import QATConfig
-from qlearn.train import cache_dir, load_checkpoint
 
 if TYPE_CHECKING:
     from qlearn.integer_model import IntegerModel
@@ -161,12 +161,12 @@ class PipelineRun:
     report: dict
     data: ImageData
     float_model: nn.Module
-    qat_models: dict[int, "FakeQuantMobileNet"]
-    integer_model: "IntegerModel"
+    qat_models: dict[int, FakeQuantMobileNet]
+    integer_model: IntegerModel
     cache: dict = field(default_factory=dict, repr=False)  # results computed from the run (notebook 09)
 
     @property
-    def qat8(self) -> "FakeQuantMobileNet":
+    def qat8(self) -> FakeQuantMobileNet:
         return self.qat_models[8]
 
 

@@ -24,9 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from qlearn import ptq  # ptq.ptq_sweep is looked up at call time (a test interrupts the run there)
-from qlearn import qat as qat_module
+from qlearn import (
+    fake_quant,
+    ptq,  # ptq.ptq_sweep is looked up at call time (a test interrupts the run there)
+)
 from qlearn.bn_fold import fuse_model
+from qlearn.checkpoints import load_checkpoint, save_checkpoint
 from qlearn.convert import compare, convert, quantize_input
 from qlearn.data import ImageData
 from qlearn.distributed import SINGLE, StatSync, World, gather_strings, integer_model_sha256
@@ -35,8 +38,7 @@ from qlearn.pipeline.config import PTQ_METHODS_ORDER, PipelineConfig, run_settin
 from qlearn.qat import prepare_qat
 from qlearn.qat_layers import QATConfig
 from qlearn.quantize import dequantize
-from qlearn.train import (TrainConfig, evaluate, load_checkpoint, predict, save_checkpoint, seed_everything, train,
-                          train_stream)
+from qlearn.train import TrainConfig, evaluate, predict, seed_everything, train, train_stream
 
 if TYPE_CHECKING:
     from qlearn.integer_model import IntegerModel
@@ -162,7 +164,7 @@ def stage_qat(cfg: PipelineConfig, data: ImageData, out: Path, device: torch.dev
                          weight_decay=0.0, seed=cfg.seed + int(bits))
         if _streamed(data, world, resume_dir):
             # several processes: EMA ranges and folded-BN batch statistics of the global batch
-            previous = qat_module.set_stat_sync(StatSync(world) if world.distributed else None)
+            previous = fake_quant.set_stat_sync(StatSync(world) if world.distributed else None)
             try:
                 result = train_stream(
                     qmodel, _train_set(data), tc, world=world, workers=cfg.workers, progress=cfg.progress,
@@ -170,7 +172,7 @@ def stage_qat(cfg: PipelineConfig, data: ImageData, out: Path, device: torch.dev
                     state_path=None if resume_dir is None else resume_dir / f"qat{int(bits)}.state.pt",
                 )
             finally:
-                qat_module.set_stat_sync(previous)
+                fake_quant.set_stat_sync(previous)
         else:
             result = train(qmodel, data.x_train.to(device), data.y_train.to(device), tc, progress=cfg.progress,
                            desc=f"QAT {bits}-bit")
@@ -186,7 +188,7 @@ def stage_qat(cfg: PipelineConfig, data: ImageData, out: Path, device: torch.dev
 
 
 def stage_integer(cfg: PipelineConfig, q8: nn.Module | None, data: ImageData, world: World = SINGLE
-                  ) -> tuple["IntegerModel", dict[str, Any], dict[str, Any] | None]:
+                  ) -> tuple[IntegerModel, dict[str, Any], dict[str, Any] | None]:
     """Convert the 8-bit QAT model and run the integer engine on the test split.
 
     Returns (integer model, ``report['integer']``, ``report['distributed']`` or None on one process).
@@ -238,7 +240,7 @@ def folded_weight_ranges(model: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
-def three_logits(float_model: nn.Module, fake_quant_model: nn.Module, integer_model: "IntegerModel",
+def three_logits(float_model: nn.Module, fake_quant_model: nn.Module, integer_model: IntegerModel,
                  x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Float, fake-quant and integer-engine logits of images ``x``, each (N, classes) float64.
 

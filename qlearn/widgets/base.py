@@ -19,6 +19,10 @@ What makes a slider answer quickly (``update``, timed per step in ``timings``):
 - blitting where it applies: an axes whose limits, ticks or texts did not move keeps its pixels, and
   only the artists the change touched (lines, bars, markers; matplotlib marks them stale) are drawn
   again, over a saved picture of everything else (the background); axes that moved are redrawn whole;
+- limits that hold still: ``set_limits`` keeps an axes' limits while the new data still fills them well,
+  so a slider step seldom moves an axes (the default picture is the same as with ``set_ylim``);
+- text drawn from a cache: tick labels, legends and titles are most of a redraw; ``TextCacheRenderer``
+  keeps the glyph bitmaps and layouts Agg made (pixel-identical), so a redraw rasterizes no text again;
 - a cheap image: JPEG at quality ``JPEG_QUALITY`` without chroma subsampling (4:4:4), ~10x faster to
   encode than a PNG of the same figure; at this quality text and thin coloured lines stay crisp (compared
   side by side with the PNG at 2x zoom). The static copy for readers without a kernel is a lossless PNG;
@@ -44,20 +48,24 @@ import asyncio
 import base64
 import html
 import io
+import math
 import os
 import time
 import traceback
+import weakref
 from typing import Any
 
 import ipywidgets as widgets
 import matplotlib as mpl
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends import backend_agg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
 JPEG_QUALITY = 95  # with subsampling=0 (full-resolution colour): no visible ringing around text or lines
 THROTTLE_S = 0.03  # a browser change this soon after the last redraw waits, collapsed with the ones behind it
+LIMIT_FILL = 0.6  # set_limits keeps an axes' limits while the data still spans this fraction of them
 
 # Text sizes in points for a figure shown ``width_px`` pixels wide; a 12-inch figure shown at 1100 px
 # gives 1 pt = 1.27 px, so 10.5 pt legend text is ~13 px on screen (the old 7 pt at 80 dpi: ~7 px).
@@ -116,7 +124,7 @@ class Explorer(widgets.VBox):
         self.dpi = DISPLAY["width_px"] / self.figsize[0]  # drawn at the pixel width it is shown at
         self._rc = rc_display()
         self.fig = Figure(figsize=self.figsize, dpi=self.dpi, layout="constrained")
-        FigureCanvasAgg(self.fig)
+        (TextCacheCanvas if TextCacheRenderer.available else FigureCanvasAgg)(self.fig)
         with mpl.rc_context(self._rc):
             self.build(self.fig)
         self._layout_done = False
@@ -274,21 +282,25 @@ class Explorer(widgets.VBox):
 
     @staticmethod
     def _frame_stale(ax: Any) -> bool:
-        """The axes' own frame changed (face colour, spines): the whole axes is redrawn."""
-        return ax.patch.stale or any(s.stale for s in ax.spines.values())
+        """The axes' own frame changed (face colour, spines): the whole axes is redrawn.
+
+        An invisible artist is never drawn, so it stays stale forever (a twin axes' patch): not counted.
+        """
+        return any(a.stale and a.get_visible() for a in (ax.patch, *ax.spines.values()))
 
     @staticmethod
     def _stale_children(ax: Any) -> list[Any]:
-        """Artists inside ``ax`` that changed since the last draw (titles, axes, legend: see _axes_key)."""
-        skip = {id(ax.title), id(ax._left_title), id(ax._right_title), id(ax.xaxis), id(ax.yaxis),
-                id(ax.get_legend()), id(ax.patch), *(id(s) for s in ax.spines.values())}
+        """Artists inside ``ax`` that changed since the last draw (axis, legend: see _axes_key).
+
+        A title is one of them: a new title text is drawn alone, like a line (the layout is frozen).
+        """
+        skip = {id(ax.xaxis), id(ax.yaxis), id(ax.get_legend()), id(ax.patch), *(id(s) for s in ax.spines.values())}
         return [c for c in ax.get_children() if c.stale and id(c) not in skip]
 
     @staticmethod
     def _axes_key(ax: Any) -> tuple:
-        """What an axes' frame depends on: limits, scales, tick rules, titles, labels, legend texts."""
-        texts: list[Any] = [t.get_text() for t in (ax.title, ax._left_title, ax._right_title,
-                                                   ax.xaxis.label, ax.yaxis.label)]
+        """What an axes' frame depends on: limits, scales, tick rules, axis labels, legend texts."""
+        texts: list[Any] = [t.get_text() for t in (ax.xaxis.label, ax.yaxis.label)]
         legend = ax.get_legend()
         if legend is not None:
             texts += [id(legend)] + [t.get_text() for t in legend.get_texts()]
@@ -327,6 +339,122 @@ class Explorer(widgets.VBox):
     def save(self, path: str) -> None:
         """Write the current figure to ``path`` (PNG/SVG/PDF by extension)."""
         self.fig.savefig(path, dpi=110)
+
+
+_HELD_LIMITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # axes -> {"x"/"y": limits set_limits set}
+
+
+def set_limits(ax: Any, axis: str, lo: float, hi: float, *, fill: float = LIMIT_FILL) -> None:
+    """Show at least ``[lo, hi]`` on ``ax``'s ``axis`` ("x" or "y"), keeping the shown limits while they fit.
+
+    The shown limits are kept while they contain ``[lo, hi]`` and ``[lo, hi]`` fills at least ``fill`` of
+    them (in log units on a log axis); a small step beyond them grows them just enough (so the step back
+    keeps them); otherwise they become exactly ``(lo, hi)``. An explorer's first
+    picture (its default state, the committed figure) is therefore the same as with ``set_xlim``/``set_ylim``;
+    a slider step that changes the data only a little leaves the axes, its ticks and labels as they were,
+    so only the data artists are redrawn over the saved background (``Explorer._draw``): about a tenth of
+    the cost of redrawing the axes. A large change still rescales the axes, as the lesson asks.
+    """
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+    get, put = (ax.get_xlim, ax.set_xlim) if axis == "x" else (ax.get_ylim, ax.set_ylim)
+    scale = ax.get_xscale() if axis == "x" else ax.get_yscale()
+    shown = tuple(get())
+    held = _HELD_LIMITS.setdefault(ax, {})
+    held_before = held.get(axis) == shown  # only limits this function set are kept (never build's or autoscale's)
+    held_before = held_before and bool(np.isfinite(lo) and np.isfinite(hi) and lo < hi)  # else as set_xlim would
+    if held_before and scale == "log":
+        held_before = min(lo, *shown) > 0
+    if held_before:
+        log = scale == "log"  # compare spans in the axis' own units
+        (a, b), (c, d) = sorted(np.log10(shown) if log else shown), ((np.log10(lo), np.log10(hi)) if log else (lo, hi))
+        if a <= c and d <= b and (d - c) >= fill * (b - a):
+            return  # the shown limits still fit: keep them
+        u, v = min(a, c), max(b, d)  # the shown limits grown just enough to hold the data
+        if (d - c) >= fill * (v - u):  # a small step out: grow, so that stepping back keeps them
+            lo, hi = (10.0**u, 10.0**v) if log else (u, v)
+    put(lo, hi)
+    held[axis] = tuple(get())
+
+
+class TextCacheRenderer(RendererAgg):
+    """Agg renderer that keeps the glyph bitmaps and text layouts it made: the same pixels, drawn faster.
+
+    Most of an axes' redraw is text (tick labels, legend, titles), and matplotlib's Agg renderer lays
+    out every string and rasterizes every glyph anew on each draw. FreeType places a glyph at a position
+    in 1/64 pixel; the bitmap depends only on that position's fraction of a pixel (the whole pixels just
+    move it), so a bitmap kept under (font, size, dpi, glyph, rotation, fractional position, hinting,
+    antialiasing) is exactly the one FreeType would make again (checked: pixel-identical figures). This
+    follows ``RendererAgg.draw_text`` of matplotlib 3.11 and is used only where that code path exists
+    (``available``); otherwise explorers draw with the plain Agg canvas.
+    """
+
+    available = all(hasattr(RendererAgg, a) for a in ("_draw_text_glyphs_and_boxes", "_prepare_font")) and all(
+        hasattr(backend_agg, a) for a in ("get_hinting_flag", "RenderMode"))
+    MAX_ENTRIES = 50_000  # per cache; a few MB (a glyph bitmap is ~0.2 KB), cleared when full
+    _layouts: dict[tuple, list[tuple]] = {}  # (font file, size, dpi, string, flags, ...) -> [(font, glyph, dx, dy)]
+    _glyphs: dict[tuple, tuple] = {}  # key above -> (bitmap (h, w) uint8, left, top in whole pixels)
+
+    def draw_text(self, gc: Any, x: float, y: float, s: str, prop: Any, angle: float, ismath: Any = False,
+                  mtext: Any = None) -> None:
+        if ismath:
+            return self.draw_mathtext(gc, x, y, s, prop, angle)
+        features = mtext.get_fontfeatures() if mtext is not None else None
+        language = mtext.get_language() if mtext is not None else None
+        font = self._prepare_font(prop)
+        size, flags = prop.get_size_in_points(), backend_agg.get_hinting_flag()
+        key = (font.fname, size, self.dpi, s, flags, repr(features), repr(language))
+        items = self._layouts.get(key)
+        if items is None:
+            items = [(i.ft_object, i.glyph_index, i.x, i.y)
+                     for i in font._layout(s, flags=flags, features=features, language=language)]
+            _remember(self._layouts, key, items)
+        self._draw_text_glyphs_and_boxes(gc, x, y, angle, ((f, size, g, 0, 1, dx, dy) for f, g, dx, dy in items), [])
+
+    def _draw_text_glyphs_and_boxes(self, gc: Any, x: float, y: float, angle: float, glyphs: Any,
+                                    boxes: Any) -> None:
+        if boxes:  # mathtext's rules and boxes: matplotlib's own code
+            return super()._draw_text_glyphs_and_boxes(gc, x, y, angle, glyphs, boxes)
+        cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        flags, antialiased = backend_agg.get_hinting_flag(), gc.get_antialiased()
+        for font, size, glyph, slant, extend, dx, dy in glyphs:  # dy is upwards, y downwards
+            matrix = (0x10000 * np.array([[cos, -sin], [sin, cos]]) @ [[extend, extend * slant], [0, 1]]
+                      ).round().astype(int)  # 16.16 fixed point
+            tx = round(0x40 * (x + dx * cos - dy * sin))  # 26.6 fixed point: 1/64 pixel
+            ty = round(0x40 * (self.height - y + dx * sin + dy * cos))  # FreeType's y is upwards
+            key = (font.fname, size, self.dpi, glyph, tuple(matrix.ravel()), tx & 63, ty & 63, flags, antialiased)
+            hit = self._glyphs.get(key)
+            if hit is None:
+                font.set_size(size, self.dpi)
+                font._set_transform(matrix, [tx, ty])
+                mode = backend_agg.RenderMode.NORMAL if antialiased else backend_agg.RenderMode.MONO
+                bitmap = font._render_glyph(glyph, flags, mode)
+                buffer = np.array(bitmap.buffer)  # a copy: (h, w) uint8 coverage
+                if not antialiased:
+                    buffer *= 0xFF
+                hit = (buffer, bitmap.left - (tx >> 6), bitmap.top - (ty >> 6))
+                _remember(self._glyphs, key, hit)
+            buffer, left, top = hit
+            self._renderer.draw_text_image(buffer, left + (tx >> 6),
+                                           int(self.height) - (top + (ty >> 6)) + buffer.shape[0], 0, gc)
+
+
+def _remember(cache: dict, key: tuple, value: Any) -> None:
+    if len(cache) >= TextCacheRenderer.MAX_ENTRIES:
+        cache.clear()
+    cache[key] = value
+
+
+class TextCacheCanvas(FigureCanvasAgg):
+    """The Agg canvas, drawing with ``TextCacheRenderer``."""
+
+    def get_renderer(self) -> RendererAgg:
+        w, h = self.get_width_height(physical=True)
+        key = w, h, self.figure.dpi
+        if self._lastKey != key:
+            self.renderer = TextCacheRenderer(w, h, self.figure.dpi)
+            self._lastKey = key
+        return self.renderer
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -22,7 +22,7 @@ from qlearn.lessons.error_analysis import BITS, ERROR_METHODS, clipping_curves, 
 from qlearn.lessons.quantize_dequantize import grid_values, quantize_report
 from qlearn.qparams import qparams_from_range
 from qlearn.quantize import fake_quantize
-from qlearn.widgets.base import Explorer, int_slider
+from qlearn.widgets.base import Explorer, int_slider, set_limits
 
 GRID_COLOR = "#d62728"
 CLIP_COLOR = "#ff7f0e"
@@ -88,7 +88,7 @@ class QuantizeExplorer(Explorer):
         self.err_line.set_data(self.r, err)
         self.band.set_y(-qp.scale / 2)
         self.band.set_height(qp.scale)
-        self.ax_err.set_ylim(-max(1.5 * qp.scale, 0.05), max(1.5 * qp.scale, 0.05))
+        set_limits(self.ax_err, "y", -max(1.5 * qp.scale, 0.05), max(1.5 * qp.scale, 0.05))
 
         report = quantize_report(self.x, qp)
         parts = report.breakdown

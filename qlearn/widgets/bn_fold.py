@@ -27,7 +27,7 @@ from qlearn.lessons.lesson_model import LessonModel, check_lesson, lesson_model
 from qlearn.lessons.per_channel import compare_schemes, widest_spread_layer
 from qlearn.quantize import fake_quantize
 from qlearn.ranges import weight_qparams
-from qlearn.widgets.base import Explorer, int_slider, slider
+from qlearn.widgets.base import Explorer, int_slider, set_limits, slider
 from qlearn.widgets.per_channel import CHANNEL_COLOR, TENSOR_COLOR
 
 __all__ = [
@@ -99,20 +99,20 @@ class BNFoldExplorer(Explorer):
         factor = np.abs(spread.factor)
         self.f_bars.set_data(factor)
         self.f_mark.set_data([channel], [factor[channel]])
-        self.ax_f.set_ylim(factor.min() / 2.0, factor.max() * 2.0)
+        set_limits(self.ax_f, "y", factor.min() / 2.0, factor.max() * 2.0)
         self.r_bars.set_data(spread.absmax_after)
         self.r_before.set_ydata(spread.absmax_before)
         self.r_mark.set_data([channel], [spread.absmax_after[channel]])
         self.t_line.set_ydata([spread.absmax_after.max()] * 2)
         both = np.concatenate([spread.absmax_after, spread.absmax_before])
         both = both[both > 0]
-        self.ax_r.set_ylim(both.min() / 2.0, both.max() * 2.0)
+        set_limits(self.ax_r, "y", both.min() / 2.0, both.max() * 2.0)
         self.s_t.set_ydata(cmp.sqnr_tensor)
         self.s_c.set_ydata(cmp.sqnr_channel)
         self.s_mark.set_xdata([channel, channel])
         sq = np.concatenate([cmp.sqnr_tensor, cmp.sqnr_channel])
         sq = sq[np.isfinite(sq)]
-        self.ax_s.set_ylim(min(sq.min(), 0.0) - 2.0, sq.max() + 3.0)
+        set_limits(self.ax_s, "y", min(sq.min(), 0.0) - 2.0, sq.max() + 3.0)
         zeroed = fake_quantize(w_fold, cmp.per_tensor).reshape(C, -1)  # (C, k) per-tensor quantized
         all_zero = int(np.sum(np.all(zeroed == 0, axis=1) & np.any(w_fold.reshape(C, -1) != 0, axis=1)))
         c = channel
@@ -209,7 +209,7 @@ class FoldOrderExplorer(Explorer):
         self.p_float.set_data(row(cmp.w_fold), np.full(n, 2.0))
         self.p_right.set_data(row(cmp.right), np.full(n, 1.0))
         self.p_wrong.set_data(row(cmp.trained), np.full(n, 0.0))
-        self.ax_g.set_xlim(-span, span)
+        set_limits(self.ax_g, "x", -span, span)
         scale_all = s if s.ndim == 1 else np.full(self.layer.channels, float(s))
         lsb2 = scale_all**2
         mism = cmp.mismatch_per_channel / lsb2
@@ -219,7 +219,7 @@ class FoldOrderExplorer(Explorer):
         self.m_bars.set_data(mism)
         self.q_line.set_data(qerr)
         top = max(float(mism.max()), float(qerr.max()), 1e-3)
-        self.ax_m.set_ylim(0, top * 1.25)
+        set_limits(self.ax_m, "y", 0, top * 1.25)
         return {
             "weight bits": bits,
             "scales": "per-channel" if per_channel else "per-tensor",

@@ -23,7 +23,7 @@ from qlearn.lessons.formats_granularity import (
 )
 from qlearn.error import sqnr_db
 from qlearn.lessons.lesson_model import LessonModel, check_lesson, lesson_model
-from qlearn.widgets.base import Explorer, int_slider, slider
+from qlearn.widgets.base import Explorer, int_slider, set_limits, slider
 
 __all__ = ["GroupSizeExplorer", "group_size_explorer", "MixedPrecisionExplorer", "mixed_precision_explorer"]
 
@@ -90,11 +90,11 @@ class GroupSizeExplorer(Explorer):
         i = GRANULARITIES.index(granularity)
         self.sq_line.set_ydata(sq)
         self.sq_mark.set_data([i], [sq[i]])
-        self.ax_sqnr.set_ylim(sq.min() - 3, sq.max() + 3)
+        set_limits(self.ax_sqnr, "y", sq.min() - 3, sq.max() + 3)
         self.b16.set_ydata(b16)
         self.b32.set_ydata(b32)
         self.b_mark.set_data([i], [b16[i]])
-        self.ax_bpw.set_ylim(bits - 0.2, max(b32.max(), bits + 1) + 0.2)
+        set_limits(self.ax_bpw, "y", bits - 0.2, max(b32.max(), bits + 1) + 0.2)
         acc = granular_accuracy(self.lesson, bits, granularity)
         self.acc_mark.set_data([i], [100 * acc])
         k = w[0].size

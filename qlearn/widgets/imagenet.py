@@ -1,7 +1,7 @@
 """Notebook 12's explorers: EfficientNet-Lite0, a real ImageNet network, under post-training quantization.
 
 Every explorer draws from the results of ``qlearn.imagenet_ptq.cached_study`` (a JSON-able dict;
-computed once, cached under ``qlearn.train.cache_dir()``), so a slider only redraws; what the lesson
+computed once, cached under ``qlearn.checkpoints.cache_dir()``), so a slider only redraws; what the lesson
 reads off one layer is ``qlearn.lessons.imagenet_efficientnet``.
 """
 from __future__ import annotations

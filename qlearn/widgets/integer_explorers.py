@@ -1,7 +1,8 @@
 """Notebook 08's explorers: M -> (M0, shift), one conv layer three ways, and the rounding of x * M.
 
 What they show is computed in ``qlearn.lessons.integer_inference`` (``split_multiplier``,
-``multiplier_error_curve``, ``conv_three_ways``, ``rounding_comparison``, ``pair_saturation_on_this_cpu``);
+``multiplier_error_curve``, ``conv_three_ways``, ``rounding_comparison``) and
+``qlearn.lessons.pair_saturation`` (``pair_saturation_on_this_cpu``);
 this module draws it: ``MultiplierExplorer``, ``ConvExplorer``, ``RoundingExplorer`` and the figure
 of the int16-pair section, ``pair_saturation_figure``.
 """
@@ -19,13 +20,13 @@ from qlearn._checks import check_open_interval
 from qlearn.fixedpoint import multiply_by_quantized_multiplier
 from qlearn.lessons.integer_inference import (
     ROUNDING_LABELS,
-    PairSaturation,
     conv_three_ways,
     multiplier_error_curve,
     rounding_comparison,
     split_multiplier,
 )
-from qlearn.widgets.base import Explorer, int_slider
+from qlearn.lessons.pair_saturation import PairSaturation
+from qlearn.widgets.base import Explorer, int_slider, set_limits
 
 __all__ = [
     "pair_saturation_figure",
@@ -196,21 +197,22 @@ class ConvExplorer(Explorer):
         pad = 0.05 * (hi - lo)
         self.scatter.set_offsets(np.column_stack([y, yq]))
         self.diag.set_data([lo, hi], [lo, hi])
-        self.ax_sc.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad))
+        set_limits(self.ax_sc, "x", lo - pad, hi + pad)
+        set_limits(self.ax_sc, "y", lo - pad, hi + pad)
         d = r.int_minus_fake.ravel()
         counts = np.array([np.count_nonzero(d == v) for v in self.DIFF_VALUES])
         for bar, c, t in zip(self.bars, counts, self.bar_text):
             bar.set_height(max(int(c), 1e-3))  # 0 would vanish on the log axis anyway
             t.set_position((t.get_position()[0], max(int(c), 1)))
             t.set_text(f"{100 * c / d.size:.2f}%" if c else "")
-        self.ax_diff.set_ylim(0.5, d.size * 3)
+        set_limits(self.ax_diff, "y", 0.5, d.size * 3)
         e_fake = np.clip(r.err_fake.ravel(), self.ERR_EDGES[0], self.ERR_EDGES[-1])
         e_int = np.clip(r.err_int.ravel(), self.ERR_EDGES[0], self.ERR_EDGES[-1])
         h_fake = np.histogram(e_fake, self.ERR_EDGES)[0]
         h_int = np.histogram(e_int, self.ERR_EDGES)[0]
         self.h_fake.set_data(h_fake, self.ERR_EDGES)
         self.h_int.set_data(h_int, self.ERR_EDGES)
-        self.ax_err.set_ylim(0, 1.1 * max(h_fake.max(), h_int.max()))
+        set_limits(self.ax_err, "y", 0, 1.1 * max(h_fake.max(), h_int.max()))
         return r.summary()
 
 
@@ -264,9 +266,9 @@ class RoundingExplorer(Explorer):
         self.ax_d.legend(loc="upper left")
         modes = list(ROUNDING_LABELS)
         self.mean_bars = self.ax_m.bar(range(3), np.zeros(3), color=[ROUNDING_COLORS[m] for m in modes])
-        self.mean_err = self.ax_m.errorbar(range(3), np.zeros(3), yerr=np.zeros(3), fmt="none", ecolor="k",
-                                           capsize=4)
         self.ax_m.axhline(0.0, color="k", lw=0.6)
+        self.mean_err = self.ax_m.errorbar(range(3), np.zeros(3), yerr=np.zeros(3), fmt="none", ecolor="k",
+                                           capsize=4)  # updated in place by render (new artists: a full redraw)
         self.ax_m.set(xticks=range(3), xticklabels=["half-away", "half-up", "single"], ylabel="mean error (LSB)",
                       title="bias: mean(result − x·M) ± 2 s.e.")
 
@@ -277,21 +279,23 @@ class RoundingExplorer(Explorer):
             h = np.histogram(np.clip(rc.errors[mode], self.ERR_EDGES[0], self.ERR_EDGES[-1]), self.ERR_EDGES)[0]
             art.set_data(h, self.ERR_EDGES)
             top = max(top, int(h.max()))
-        self.ax_h.set_ylim(0, 1.15 * top)
+        set_limits(self.ax_h, "y", 0, 1.15 * top)
         for mode, bars in self.diff_bars.items():
             d = rc.differs(mode)
             for bar, v in zip(bars, (-1, 0, 1)):
                 bar.set_height(max(int(np.count_nonzero(d == v)), 1e-3))
-        self.ax_d.set_ylim(0.5, rc.x.size * 40)  # room above the bars for the legend
+        set_limits(self.ax_d, "y", 0.5, rc.x.size * 40)  # room above the bars for the legend
         means = [rc.mean_error(m) for m in ROUNDING_LABELS]
         ses = [rc.standard_error(m) for m in ROUNDING_LABELS]
         for bar, m in zip(self.mean_bars, means):
             bar.set_height(m)
-        self.mean_err.remove()
-        self.mean_err = self.ax_m.errorbar(range(3), means, yerr=2 * np.asarray(ses), fmt="none", ecolor="k",
-                                           capsize=4)
+        low, high = np.subtract(means, 2 * np.asarray(ses)), np.add(means, 2 * np.asarray(ses))  # (3,) float
+        _, (cap_low, cap_high), (bars,) = self.mean_err.lines  # errorbar's caps and its vertical bars
+        cap_low.set_data(range(3), low)
+        cap_high.set_data(range(3), high)
+        bars.set_segments([[(i, lo), (i, hi)] for i, (lo, hi) in enumerate(zip(low, high))])
         lim = max(max(abs(v) + 2 * s for v, s in zip(means, ses)), 0.01) * 1.2
-        self.ax_m.set_ylim(-lim, lim)
+        set_limits(self.ax_m, "y", -lim, lim)
         neg_ties = rc.tie & (rc.x < 0)
         out: dict[str, Any] = {
             "M": rc.multiplier, "M0": rc.m0, "shift": rc.shift, "accumulators": int(rc.x.size),

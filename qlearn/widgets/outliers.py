@@ -23,7 +23,7 @@ from qlearn.lessons.outliers_ranges import (
     range_rule_curves,
     view_methods,
 )
-from qlearn.widgets.base import Explorer, int_slider
+from qlearn.widgets.base import Explorer, int_slider, set_limits
 
 __all__ = [
     "METHOD_COLORS",
@@ -66,7 +66,9 @@ class OutlierExplorer(Explorer):
 
     def build(self, fig: Figure) -> None:
         self.ax_h, self.ax_e, self.ax_l = fig.subplots(1, 3, width_ratios=[1.5, 1.2, 1.0])
-        self.hist_artist = None
+        # the data's histogram, updated in place by render (241 bins; a new artist would force a full redraw)
+        self.hist_artist = self.ax_h.stairs(np.full(241, 0.8), np.linspace(-1.0, 1.0, 242), fill=True,
+                                            color="#c6dbef", baseline=0.8)
         self.range_lines = {}
         for i, m in enumerate(OUTLIER_METHODS):
             y = 0.93 - 0.07 * i
@@ -89,13 +91,11 @@ class OutlierExplorer(Explorer):
 
     def render(self, magnitude: float, fraction: float, bits: int, symmetric: bool) -> dict:
         x, mask, results = outlier_experiment(self.n, float(magnitude), float(fraction), int(bits), bool(symmetric), self.seed)
-        if self.hist_artist is not None:
-            self.hist_artist.remove()
         span = 1.15 * max(np.abs(x).max(), BULK_SIGMA)
         hist, edges = np.histogram(x, bins=241, range=(-span, span))
-        self.hist_artist = self.ax_h.stairs(np.maximum(hist, 0.8), edges, fill=True, color="#c6dbef", baseline=0.8)
-        self.ax_h.set_xlim(-span, span)
-        self.ax_h.set_ylim(0.8, hist.max() * 2.5)
+        self.hist_artist.set_data(np.maximum(hist, 0.8), edges)
+        set_limits(self.ax_h, "x", -span, span)
+        set_limits(self.ax_h, "y", 0.8, hist.max() * 2.5)
         for r in results:
             line, y = self.range_lines[r.method]
             glo, ghi = r.qp.real_range
@@ -108,8 +108,8 @@ class OutlierExplorer(Explorer):
             self.level_text[i].set_text(str(r.bulk_levels))
         self.bulk_pts.set_ydata([r.bulk_mse for r in results])
         vals = [v for r in results for v in (r.breakdown.rounding_mse, r.breakdown.clipping_mse, r.bulk_mse) if v > 0]
-        self.ax_e.set_ylim(min(vals) / 3.0, max(vals) * 5.0)
-        self.ax_l.set_ylim(0, max(r.bulk_levels for r in results) * 1.2 + 1)
+        set_limits(self.ax_e, "y", min(vals) / 3.0, max(vals) * 5.0)
+        set_limits(self.ax_l, "y", 0, max(r.bulk_levels for r in results) * 1.2 + 1)
         numbers: dict[str, Any] = {"outliers": f"{int(mask.sum())} of {mask.size} values"}
         for r in results:
             numbers[f"{r.method}: range"] = f"[{r.lo:.3f}, {r.hi:.3f}]"
@@ -157,6 +157,7 @@ class ModelRangesExplorer(Explorer):
         self.v_bits = self.ax_acc.axvline(4, color="gray", lw=0.8)
         self.ax_acc.set(xlabel="bits", ylabel="test accuracy (%)", ylim=(0, 102), xticks=self.bits_axis)
         self.legend = None
+        self.shown_view = None  # the view whose legend and bar labels are drawn (rebuilt when it changes)
         self.bars = self.ax_bar.bar(np.arange(4), np.ones(4), 0.6)
         self.bar_text = [self.ax_bar.text(i, 0, "", ha="center", va="bottom", fontsize="small") for i in range(4)]
         self.ax_bar.set(ylabel="test accuracy (%)", ylim=(0, 110), xticks=np.arange(4))
@@ -168,9 +169,13 @@ class ModelRangesExplorer(Explorer):
             line.set_data(self.bits_axis, 100 * self.curves[(view, m)])
             line.set_color(METHOD_COLORS[m])
             line.set_label(m)
-        if self.legend is not None:
-            self.legend.remove()
-        self.legend = self.ax_acc.legend(loc="lower right")
+        if view != self.shown_view:  # a new legend and new tick labels only when the view changes
+            if self.legend is not None:
+                self.legend.remove()
+            self.legend = self.ax_acc.legend(loc="lower right")
+            self.ax_bar.set_xticks(np.arange(4), [m.replace("percentile", "pct").replace(" of batch min/max", "")
+                                                  for m in methods], fontsize="small")
+            self.shown_view = view
         self.v_bits.set_xdata([bits, bits])
         self.ax_acc.set_title(f"{view}: accuracy vs bits")
         accs = [float(self.curves[(view, m)][i]) for m in methods]
@@ -179,8 +184,6 @@ class ModelRangesExplorer(Explorer):
             bar.set_color(METHOD_COLORS[m])
             self.bar_text[k].set_position((k, 100 * a))
             self.bar_text[k].set_text(f"{100 * a:.1f}")
-        self.ax_bar.set_xticks(np.arange(4), [m.replace("percentile", "pct").replace(" of batch min/max", "")
-                                              for m in methods], fontsize="small")
         self.ax_bar.set_title(f"at {bits} bits")
         numbers: dict[str, Any] = {"quantized": view, "bits": int(bits), "float accuracy": self.lesson.float_acc}
         for m, a in zip(methods, accs):

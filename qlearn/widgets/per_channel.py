@@ -25,7 +25,7 @@ from qlearn.lessons.per_channel import (
     weight_bits_curves,
     widest_spread_layer,
 )
-from qlearn.widgets.base import Explorer, int_slider
+from qlearn.widgets.base import Explorer, int_slider, set_limits
 
 __all__ = [
     "SeedChannelsExplorer",
@@ -94,7 +94,7 @@ class SeedChannelsExplorer(Explorer):
         self.pred.set_ydata(predicted)
         top = max(cmp.mse_tensor.max(), predicted.max()) * 3.0
         bottom = min(cmp.mse_channel.min(), cmp.mse_tensor.min()) / 3.0
-        self.ax_mse.set_ylim(bottom, top)
+        set_limits(self.ax_mse, "y", bottom, top)
         numbers: dict[str, Any] = {"per-tensor scale S": cmp.per_tensor.scale}
         for c in range(cmp.channels):
             numbers[f"ch {c}: per-channel scale S_c"] = float(qc.scale[c])
@@ -174,14 +174,14 @@ class LayerExplorer(Explorer):
         self.range_bars.set_data(np.maximum(absmax[order], 1e-30), np.arange(lay.channels + 1) - 0.5)
         self.t_line.set_ydata([absmax.max()] * 2)
         finite = absmax[absmax > 0]
-        self.ax_rng.set_xlim(-1, lay.channels)
-        self.ax_rng.set_ylim(finite.min() / 2.0, finite.max() * 2.0)
+        set_limits(self.ax_rng, "x", -1, lay.channels)
+        set_limits(self.ax_rng, "y", finite.min() / 2.0, finite.max() * 2.0)
         self.sq_t.set_data(x, cmp.sqnr_tensor[order])
         self.sq_c.set_data(x, cmp.sqnr_channel[order])
         both = np.concatenate([cmp.sqnr_tensor, cmp.sqnr_channel])
         both = both[np.isfinite(both)]
-        self.ax_sqnr.set_xlim(-1, lay.channels)
-        self.ax_sqnr.set_ylim(min(both.min(), 0.0) - 2.0, both.max() + 3.0)
+        set_limits(self.ax_sqnr, "x", -1, lay.channels)
+        set_limits(self.ax_sqnr, "y", min(both.min(), 0.0) - 2.0, both.max() + 3.0)
         only_t = quantized_weight_accuracy(self.lesson, bits, per_channel=False, layers=(layer,))
         only_c = quantized_weight_accuracy(self.lesson, bits, per_channel=True, layers=(layer,))
         self.one_t.set_data([bits], [100 * only_t])

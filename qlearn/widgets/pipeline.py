@@ -41,7 +41,7 @@ from qlearn.models import MODELS
 from qlearn.pipeline.config import PipelineConfig
 from qlearn.pipeline.drawing import figure_accuracy_vs_bits, figure_logits, figure_weight_ranges
 from qlearn.pipeline.runs import PipelineRun
-from qlearn.widgets.base import Explorer, int_slider
+from qlearn.widgets.base import Explorer, int_slider, set_limits
 
 __all__ = [
     "show_figure",
@@ -310,7 +310,7 @@ class IntegerLayerExplorer(Explorer):
             self.m_stairs.set_data(m, np.arange(m.size + 1) - 0.5)
             self.m_stairs.set_visible(True)
             self.ax_m.set_xlim(-0.5, m.size - 0.5)
-            self.ax_m.set_ylim(m.min() / 2.0, m.max() * 2.0)
+            set_limits(self.ax_m, "y", m.min() / 2.0, m.max() * 2.0)
             if labels:  # an add: one multiplier per input and one for the output (Eq. 33)
                 self.ax_m.set_xticks(range(m.size), labels)
                 self.ax_m.set_xlabel("multiplier of input a, input b, output")
@@ -334,8 +334,8 @@ class IntegerLayerExplorer(Explorer):
         floor = 0.3 / total  # draw empty bins below the axis (log scale)
         self.d_e2e.set_data(np.maximum(h_e2e, floor / 10), edges)
         self.d_alone.set_data(np.maximum(h_alone, floor / 10), edges)
-        self.ax_d.set_xlim(-k - 0.5, k + 0.5)
-        self.ax_d.set_ylim(floor, 2.0)
+        set_limits(self.ax_d, "x", -k - 0.5, k + 0.5)
+        set_limits(self.ax_d, "y", floor, 2.0)
         self.v_layer.set_xdata([layer, layer])
         if d["kind"] == "add":
             zin = f"{d['a_zp']}, {d['b_zp']}"

@@ -25,7 +25,7 @@ from qlearn.lessons.qat import (
     ste_curve,
 )
 from qlearn.qparams import qparams_from_range
-from qlearn.widgets.base import Explorer, int_slider, slider
+from qlearn.widgets.base import Explorer, int_slider, set_limits, slider
 
 __all__ = ["STEExplorer", "ste_explorer", "EMAExplorer", "ema_explorer", "PTQvsQATExplorer", "ptq_vs_qat_explorer"]
 
@@ -168,13 +168,13 @@ class EMAExplorer(Explorer):
         vals = np.concatenate([tr.batch_lo, tr.batch_hi, tr.ema_lo, tr.ema_hi])
         pad = 0.05 * float(vals.max() - vals.min())
         self.ax_r.set_xlim(0, tr.steps + 1)
-        self.ax_r.set_ylim(float(vals.min()) - pad, float(vals.max()) + pad)
+        set_limits(self.ax_r, "y", float(vals.min()) - pad, float(vals.max()) + pad)
         batch_s = np.array([qparams_from_range(a, b, 8).scale for a, b in zip(tr.batch_lo, tr.batch_hi)])
         self.s_ema.set_data(t, tr.scale)
         self.s_batch.set_data(t, batch_s)
         both = np.concatenate([tr.scale, batch_s])
         self.ax_s.set_xlim(0, tr.steps + 1)
-        self.ax_s.set_ylim(both.min() / 1.5, both.max() * 1.5)
+        set_limits(self.ax_s, "y", both.min() / 1.5, both.max() * 1.5)
         first = tr.first_quantized_step
         after = tr.quantized
         worst = float(np.max(tr.batch_hi[after] / np.maximum(tr.ema_hi[after], 1e-12))) if after.any() else float("nan")

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from qlearn.lessons.skip_connections import RATIO_GRID, AddExperiment, add_experiment, concat_experiment, ratio_sweep
 from qlearn.quantize import dequantize
-from qlearn.widgets.base import Explorer
+from qlearn.widgets.base import Explorer, set_limits
 
 __all__ = [
     "IntegerAddExplorer",
@@ -80,8 +80,8 @@ class IntegerAddExplorer(Explorer):
         self.pts_naive.set_data(real[k], dequantize(e.q_naive, e.out_qp)[k])
         lim = (float(real.min()) * 1.1, float(real.max()) * 1.1)
         self.diag.set_data(lim, lim)
-        self.ax_sc.set_xlim(*lim)
-        self.ax_sc.set_ylim(*lim)
+        set_limits(self.ax_sc, "x", *lim)
+        set_limits(self.ax_sc, "y", *lim)
         err = e.lsb_error
         for bar, txt, v in zip(self.bars, self.bar_text, self.lsb_values):
             pct = 100.0 * float(np.mean(np.clip(err, -3, 3) == v))
@@ -91,8 +91,8 @@ class IntegerAddExplorer(Explorer):
         sweep = ratio_sweep(int(left_shift), self.n, self.seed)
         self.l_exact.set_data(sweep["ratio"], 100 * sweep["exact"])
         self.l_worst.set_data(sweep["ratio"], sweep["worst"])
-        self.ax_r.set_xlim(RATIO_GRID[0], RATIO_GRID[-1])
-        self.ax_r2.set_ylim(0, max(2, int(sweep["worst"].max()) + 1))
+        set_limits(self.ax_r, "x", RATIO_GRID[0], RATIO_GRID[-1])
+        set_limits(self.ax_r2, "y", 0, max(2, int(sweep["worst"].max()) + 1))
         self.m_exact.set_data([ratio], [100 * e.exact_fraction])
         m = e.mult
         real_err = e.error_vs_real_lsb(e.q_int)
@@ -161,11 +161,11 @@ class ConcatExplorer(Explorer):
         shared = shared[shared <= bmax * 1.05]
         self.own_ticks.set_segments([[(g, 0.05), (g, 0.45)] for g in own])
         self.shared_ticks.set_segments([[(g, 0.55), (g, 0.95)] for g in shared])
-        self.ax_g.set_xlim(-0.02 * bmax, bmax * 1.05)
+        set_limits(self.ax_g, "x", -0.02 * bmax, bmax * 1.05)
         mses = [e.mse("own"), e.mse("shared"), e.mse("requant")]
         for bar, v in zip(self.mse_bars, mses):
             bar.set_height(v)
-        self.ax_m.set_ylim(min(mses) / 3, max(mses) * 3)
+        set_limits(self.ax_m, "y", min(mses) / 3, max(mses) * 3)
         diff = e.b_requant.astype(np.int64) - e.b_shared.astype(np.int64)
         for bar, txt, v in zip(self.d_bars, self.d_text, (-1, 0, 1)):
             pct = 100.0 * float(np.mean(diff == v))

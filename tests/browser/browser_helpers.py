@@ -164,7 +164,7 @@ class Server:
     url: str = ""
 
     @classmethod
-    def start(cls, name: str, cmd: list[str], *, env: dict[str, str], cwd: Path, run_dir: Path) -> "Server":
+    def start(cls, name: str, cmd: list[str], *, env: dict[str, str], cwd: Path, run_dir: Path) -> Server:
         ARTIFACTS.mkdir(exist_ok=True)
         log_path = ARTIFACTS / f"{safe_name(name)}.log"
         log = open(log_path, "wb")
@@ -365,7 +365,7 @@ class Snapshot:
         return NUMBER.findall(self.text)
 
     @classmethod
-    def take(cls, handle: Any) -> "Snapshot":
+    def take(cls, handle: Any) -> Snapshot:
         raw = handle.evaluate(SNAPSHOT_JS)
         return cls(raw["text"], list(raw["images"]), raw["value"])
 

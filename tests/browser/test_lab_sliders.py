@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import textwrap
 
-import pytest
-
 import browser_helpers as bh
+import pytest
 
 pytestmark = pytest.mark.browser
 

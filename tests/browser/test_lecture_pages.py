@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import browser_helpers as bh
+import pytest
 
 pytestmark = pytest.mark.browser
 

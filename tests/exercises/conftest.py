@@ -15,8 +15,9 @@ run the code in the pytest process (meant for your own work, not for grading oth
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

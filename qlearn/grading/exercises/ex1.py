@@ -2,20 +2,32 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from qlearn.fixedpoint import INT32_MAX, INT32_MIN
 from qlearn.grading.exercises._common import (
-    _NP_RULES, _ROUNDING_BUGS, _RULE_NAMES, _dyadic_scale, _grid, _magnitude, _near_half,
-    _rng_array, _shape, _st, _with, floats_close, int_scalar, ints_equal,
+    _NP_RULES,
+    _ROUNDING_BUGS,
+    _RULE_NAMES,
+    _dyadic_scale,
+    _grid,
+    _magnitude,
+    _near_half,
+    _rng_array,
+    _shape,
+    _st,
+    _with,
+    floats_close,
+    int_scalar,
+    ints_equal,
 )
 from qlearn.grading.formatting import fmt
 from qlearn.grading.spec import Bug, Case, Exercise, Task
 from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import dequantize, quantize
-
 
 EXERCISE = Exercise("ex1", "ex1_quantize_dequantize.ipynb", "Quantize, dequantize and the nudged zero point",
                     "notebooks/01_quantize_dequantize.ipynb")
@@ -221,17 +233,21 @@ BUGS: dict[str, tuple[Bug, ...]] = {
         Bug(_RULE_NAMES["half_even"], _zp_rule(np.rint),
             "the nudged zero point rounds halves up (not to even), as TensorFlow's std::round: int(np.floor(z + 0.5))"),
         Bug(_RULE_NAMES["floor"], _zp_rule(np.floor), "round to the nearest integer, halves up: int(np.floor(z + 0.5))"),
-        Bug("a range not widened to contain 0", lambda lo, hi, bits: ((hi - lo) / (2**bits - 1) or 1.0, int(np.floor(-lo / ((hi - lo) / (2**bits - 1) or 1.0) + 0.5))),
+        Bug("a range not widened to contain 0",
+            lambda lo, hi, bits: ((hi - lo) / (2**bits - 1) or 1.0,
+                                  int(np.floor(-lo / ((hi - lo) / (2**bits - 1) or 1.0) + 0.5))),
             "widen first, lo' = min(lo, 0) and hi' = max(hi, 0) (Eq. 4), so that the real 0 is on the grid"),
     ),
     "task_1_2": (
         Bug("the zero point left out", lambda x, s, z, qmin, qmax: np.clip(np.rint(x / s), qmin, qmax).astype(np.int64),
             "q = round(x / S) + Z: add the zero point before clamping (Eq. 9)"),
-        Bug("converted to uint8 before clamping", lambda x, s, z, qmin, qmax: np.clip((np.rint(x / s) + z).astype(np.uint8), qmin, qmax).astype(np.int64),
+        Bug("converted to uint8 before clamping",
+            lambda x, s, z, qmin, qmax: np.clip((np.rint(x / s) + z).astype(np.uint8), qmin, qmax).astype(np.int64),
             "clamp to [qmin, qmax] first, convert after: astype(np.uint8) turns 256 into 0 and -1 into 255"),
     ) + _with(_ROUNDING_BUGS, _q_rule, _NP_RULES),
     "task_1_3": (
-        Bug("q - zero_point computed in uint8", lambda q, s, z: s * (q - np.asarray(z).astype(q.dtype)).astype(np.float64) if q.dtype.kind == "u" else s * (q - z),
+        Bug("q - zero_point computed in uint8",
+            lambda q, s, z: s * (q - np.asarray(z).astype(q.dtype)).astype(np.float64) if q.dtype.kind == "u" else s * (q - z),
             "convert q to float64 (or int64) before subtracting: 3 - 128 = 131 in uint8 arithmetic (it wraps around)"),
         Bug("the zero point left out", lambda q, s, z: s * q.astype(np.float64), "r = S (q - Z): subtract the zero point (Eq. 1)"),
         Bug("divided by the scale", lambda q, s, z: (q.astype(np.float64) - z) / s, "dequantizing multiplies by S: r = S (q - Z)"),

@@ -6,13 +6,15 @@ from typing import Any
 import numpy as np
 
 from qlearn.fixedpoint import (
-    multiply_by_quantized_multiplier as _mbqm, quantize_multiplier as _quantize_multiplier,
+    multiply_by_quantized_multiplier as _mbqm,
+)
+from qlearn.fixedpoint import (
+    quantize_multiplier as _quantize_multiplier,
 )
 from qlearn.grading.exercises._common import _shape, _st, int_scalar, ints_equal, tuple_of
 from qlearn.grading.spec import Bug, Case, Exercise, Task
 from qlearn.integer import add
 from qlearn.layer_integers import add_multipliers
-
 
 EXERCISE = Exercise("ex10", "ex10_quantized_add.ipynb", "The re-quantized add of a skip connection",
                     "notebooks/07_skip_connections.ipynb")
@@ -85,9 +87,10 @@ EX10 = [
             Case("equal scales", _add_case(1, (5,), 0.02, 0.02, 0.04, (10, 200, 128))),
         ),
         edge=(
-            Case("sums that saturate at 0 and 255", (np.array([0, 255, 255], np.uint8), 128, *_add_multipliers_oracle(0.1, 0.1, 0.05, 20)[:2],
-                                                     np.array([0, 255, 200], np.uint8), 128, *_add_multipliers_oracle(0.1, 0.1, 0.05, 20)[2:4],
-                                                     128, *_add_multipliers_oracle(0.1, 0.1, 0.05, 20)[4:], 20),
+            Case("sums that saturate at 0 and 255",
+                 (np.array([0, 255, 255], np.uint8), 128, *_add_multipliers_oracle(0.1, 0.1, 0.05, 20)[:2],
+                  np.array([0, 255, 200], np.uint8), 128, *_add_multipliers_oracle(0.1, 0.1, 0.05, 20)[2:4],
+                  128, *_add_multipliers_oracle(0.1, 0.1, 0.05, 20)[4:], 20),
                  "clamp to [0, 255] before converting to uint8, or 256 wraps to 0 and -1 to 255"),
             Case("codes below their zero points", _add_case(2, (4,), 0.03, 0.5, 0.6, (250, 240, 30)),
                  "centre in int32: a_q - a_zp on uint8 wraps around"),
@@ -115,7 +118,7 @@ def _add_mult_variant(sa: float, sb: float, so: float, ls: int, *, factor: float
     return (*_quantize_multiplier(sa / t), *_quantize_multiplier(sb / t), *_quantize_multiplier(out))
 
 
-def _add_variant(a_q, a_zp, a_m0, a_shift, b_q, b_zp, b_m0, b_shift, out_zp, out_m0, out_shift, left_shift, *,  # noqa: ANN
+def _add_variant(a_q, a_zp, a_m0, a_shift, b_q, b_zp, b_m0, b_shift, out_zp, out_m0, out_shift, left_shift, *,
                  clamp: bool = True, shift_inputs: bool = True, in_floats: bool = False) -> np.ndarray:
     if a_q.shape != b_q.shape:
         raise ValueError("shapes differ")
@@ -143,7 +146,8 @@ BUGS: dict[str, tuple[Bug, ...]] = {
             "the inputs were shifted left by left_shift bits, so Mout = T / (2^left_shift S_out) takes them back"),
     ),
     "task_10_2": (
-        Bug("the codes added without rescaling", lambda *a: np.clip((a[0].astype(np.int64) - a[1]) + (a[4].astype(np.int64) - a[5]) + a[8], 0, 255).astype(np.uint8),
+        Bug("the codes added without rescaling",
+            lambda *a: np.clip((a[0].astype(np.int64) - a[1]) + (a[4].astype(np.int64) - a[5]) + a[8], 0, 255).astype(np.uint8),
             "codes on different scales cannot be added: rescale each centred input with its own (m0, shift) first"),
         Bug("no clamp before converting to uint8", lambda *a: _add_variant(*a, clamp=False),
             "clamp to [0, 255] before astype(np.uint8), or 256 wraps to 0 and -1 to 255"),

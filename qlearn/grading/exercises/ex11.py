@@ -1,14 +1,24 @@
 """Exercise 11: one folded layer to integers -- its tasks (``TASKS``) and their classic mistakes (``BUGS``)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from qlearn.fixedpoint import INT32_MAX, INT32_MIN, quantize_multiplier as _quantize_multiplier
+from qlearn.fixedpoint import INT32_MAX, INT32_MIN
+from qlearn.fixedpoint import quantize_multiplier as _quantize_multiplier
 from qlearn.grading.exercises._common import (
-    _NP_RULES, _RULE_NAMES, _dyadic_scale, _half_away, _rng_array, _st, floats_close,
-    int_scalar, ints_equal, tuple_of,
+    _NP_RULES,
+    _RULE_NAMES,
+    _dyadic_scale,
+    _half_away,
+    _rng_array,
+    _st,
+    floats_close,
+    int_scalar,
+    ints_equal,
+    tuple_of,
 )
 from qlearn.grading.exercises.ex3 import _W34
 from qlearn.grading.exercises.ex7 import _qm_rule
@@ -17,7 +27,6 @@ from qlearn.layer_integers import activation_range, quantize_bias, requant_multi
 from qlearn.qparams import qparams_from_range
 from qlearn.quantize import quantize
 from qlearn.ranges import minmax_range
-
 
 EXERCISE = Exercise("ex11", "ex11_convert_layer.ipynb", "One folded layer converted to integers",
                     "notebooks/09_mobilenet_pipeline.ipynb")
@@ -216,7 +225,7 @@ BUGS: dict[str, tuple[Bug, ...]] = {
             "the bias is added to the accumulator, whose scale is S_in S_w: bias_q = round(b / (S_in S_w,c)) (Eq. 24)"),
         Bug("one scale for the whole tensor", lambda w, b, si: _int_layer_variant(w, b, si, per_channel=False),
             "one scale per OUTPUT channel: the maximum over axis 0's slices, not over the whole tensor"),
-    ) + tuple(Bug(_RULE_NAMES[r], (lambda f: lambda w, b, si: _int_layer_variant(w, b, si, rnd=f))(f),
+    ) + tuple(Bug(_RULE_NAMES[r], (lambda f: lambda w, b, si: _int_layer_variant(w, b, si, rnd=f))(f),  # noqa: B023 (bound by the call)
                   "round half to even (np.rint) for weights and bias: 2.5 -> 2, -2.5 -> -2")
               for r, f in _NP_RULES.items()),
     "task_11_2": (
@@ -226,7 +235,7 @@ BUGS: dict[str, tuple[Bug, ...]] = {
             "real 0 is the code Z and real 6 the code Z + round(6 / S): clamp to [Z, Z + round(6 / S)]"),
         Bug("act_max not capped at 255", lambda si, sw, so, z, r6: _requant_variant(si, sw, so, z, r6, cap=False),
             "act_max = min(255, Z + round(6 / S)): the clamp must stay on the uint8 grid"),
-    ) + tuple(Bug(_RULE_NAMES[r], (lambda r: lambda si, sw, so, z, r6: _requant_variant(si, sw, so, z, r6, rule=r))(r),
+    ) + tuple(Bug(_RULE_NAMES[r], (lambda r: lambda si, sw, so, z, r6: _requant_variant(si, sw, so, z, r6, rule=r))(r),  # noqa: B023
                   "TFLite rounds half away from zero, both q 2^31 in quantize_multiplier and 6 / S in the ReLU6 bound")
               for r in ("half_even", "floor", "trunc")),
 }

@@ -1,7 +1,8 @@
 """Exercise 12: packing int4 codes into bytes -- its tasks (``TASKS``) and their classic mistakes (``BUGS``)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -2,12 +2,20 @@
 mistakes (``BUGS``)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from qlearn.grading.exercises._common import (
-    _NP_RULES, _ROUNDING_BUGS, _rng_array, _st, _with, floats_close, ints_equal, tuple_of,
+    _NP_RULES,
+    _ROUNDING_BUGS,
+    _rng_array,
+    _st,
+    _with,
+    floats_close,
+    ints_equal,
+    tuple_of,
 )
 from qlearn.grading.spec import Bug, Case, Exercise, Task
 from qlearn.quantize import quantize

@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from qlearn.error import error_breakdown, sqnr_db as _sqnr_db
+from qlearn.error import error_breakdown
+from qlearn.error import sqnr_db as _sqnr_db
 from qlearn.grading.exercises._common import _grid, _rng_array, _shape, _st, floats_close, tuple_of
 from qlearn.grading.spec import Bug, Case, Exercise, Task
 from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import fake_quantize
-
 
 EXERCISE = Exercise("ex2", "ex2_error_analysis.ipynb", "Error analysis: SQNR, rounding and clipping",
                     "notebooks/02_error_analysis.ipynb")

@@ -1,19 +1,26 @@
 """Exercise 3: per-channel -- its tasks (``TASKS``) and their classic mistakes (``BUGS``)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from qlearn.grading.exercises._common import (
-    _NP_RULES, _ROUNDING_BUGS, _rng_array, _shape, _st, _with, floats_close, ints_equal,
+    _NP_RULES,
+    _ROUNDING_BUGS,
+    _rng_array,
+    _shape,
+    _st,
+    _with,
+    floats_close,
+    ints_equal,
     tuple_of,
 )
 from qlearn.grading.spec import Bug, Case, Exercise, Task
 from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import quantize
 from qlearn.ranges import minmax_range
-
 
 EXERCISE = Exercise("ex3", "ex3_per_channel.ipynb", "Per-channel quantization parameters",
                     "notebooks/03_per_channel.ipynb")
@@ -187,7 +194,8 @@ BUGS: dict[str, tuple[Bug, ...]] = {
     ),
     "task_3_2": (
         Bug("divided by 128", lambda w: _sym_scales(w, 128), "the narrow int8 grid is [-127, 127]: S = max|w| / 127"),
-        Bug("max(w) instead of max(|w|)", lambda w: _sym_scales(w, 127, absolute=False), "use the largest magnitude max(|min|, |max|) (Eq. 8)"),
+        Bug("max(w) instead of max(|w|)", lambda w: _sym_scales(w, 127, absolute=False),
+            "use the largest magnitude max(|min|, |max|) (Eq. 8)"),
     ),
     "task_3_3": (
         Bug("scales broadcast along the last axis", lambda w, sc, axis: np.clip(np.rint(w / sc), -127, 127).astype(np.int64),

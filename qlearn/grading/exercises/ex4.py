@@ -11,7 +11,6 @@ from qlearn.qparams import qparams_from_range
 from qlearn.quantize import fake_quantize
 from qlearn.ranges import percentile_range as _percentile_range
 
-
 EXERCISE = Exercise("ex4", "ex4_range_estimators.ipynb", "Range estimators: percentile and MSE search",
                     "notebooks/04_outliers_ranges.ipynb")
 

@@ -8,7 +8,6 @@ import numpy as np
 from qlearn.grading.exercises._common import _st, floats_close, tuple_of
 from qlearn.grading.spec import Bug, Case, Exercise, Task
 
-
 EXERCISE = Exercise("ex5", "ex5_bn_folding.ipynb", "Batch-norm folding",
                     "notebooks/05_bn_folding.ipynb")
 

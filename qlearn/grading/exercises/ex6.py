@@ -1,17 +1,25 @@
 """Exercise 6: STE -- its tasks (``TASKS``) and their classic mistakes (``BUGS``)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from qlearn.grading.exercises._common import (
-    _ROUNDING_BUGS, _TORCH_RULES, _diff_text, _dyadic_scale, _grid, _near_half, _rng_array,
-    _shape, _st, _with,
+    _ROUNDING_BUGS,
+    _TORCH_RULES,
+    _diff_text,
+    _dyadic_scale,
+    _grid,
+    _near_half,
+    _rng_array,
+    _shape,
+    _st,
+    _with,
 )
 from qlearn.grading.exercises.ex1 import _quotient_x_scale
 from qlearn.grading.spec import Bug, Case, ContractError, Exercise, Task
-
 
 EXERCISE = Exercise("ex6", "ex6_ste_fake_quant.ipynb", "Fake quantization with a straight-through gradient",
                     "notebooks/06_qat.ipynb")

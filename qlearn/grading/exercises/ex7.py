@@ -2,20 +2,36 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from qlearn.fixedpoint import (
-    INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier as _mbqm, quantize_multiplier as
-    _quantize_multiplier, rounding_divide_by_pot as _rdbpot, saturating_rounding_doubling_high_mul as
-    _srdhm,
+    INT32_MAX,
+    INT32_MIN,
+)
+from qlearn.fixedpoint import (
+    multiply_by_quantized_multiplier as _mbqm,
+)
+from qlearn.fixedpoint import (
+    quantize_multiplier as _quantize_multiplier,
+)
+from qlearn.fixedpoint import (
+    rounding_divide_by_pot as _rdbpot,
+)
+from qlearn.fixedpoint import (
+    saturating_rounding_doubling_high_mul as _srdhm,
 )
 from qlearn.grading.exercises._common import (
-    _RULE_NAMES, _div_pot, _half_away, _st, int_scalar, tuple_of,
+    _RULE_NAMES,
+    _div_pot,
+    _half_away,
+    _st,
+    int_scalar,
+    tuple_of,
 )
 from qlearn.grading.spec import Bug, Case, Exercise, Task
-
 
 EXERCISE = Exercise("ex7", "ex7_fixed_point.ipynb", "quantize_multiplier and the fixed-point multiply",
                     "notebooks/08_integer_inference.ipynb")
@@ -241,7 +257,8 @@ _AWAY = "ties go away from zero (TFLite's rounding): -1.5 -> -2, 2.5 -> 3"
 # (``judge.diagnose``): put the more specific mistakes first.
 BUGS: dict[str, tuple[Bug, ...]] = {
     "task_7_1": (
-        Bug("ties away from zero", _srdhm_rule("half_away"), "SRDHM sends ties toward +inf (-50.5 -> -50): nudge = 1 - 2^30 for a negative product, then truncate toward zero"),
+        Bug("ties away from zero", _srdhm_rule("half_away"),
+            "SRDHM sends ties toward +inf (-50.5 -> -50): nudge = 1 - 2^30 for a negative product, then truncate toward zero"),
         Bug(_RULE_NAMES["half_even"], _srdhm_rule("half_even"), "ties go toward +inf: 50.5 -> 51, -50.5 -> -50"),
         Bug(_RULE_NAMES["py_round"], _srdhm_rule("py_round"), "ties go toward +inf, and a float cannot hold a b exactly: stay in integers"),
         Bug(_RULE_NAMES["floor"], _srdhm_rule("floor"), "round to nearest: add the nudge before dividing"),

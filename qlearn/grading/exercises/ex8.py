@@ -1,17 +1,21 @@
 """Exercise 8: integer conv -- its tasks (``TASKS``) and their classic mistakes (``BUGS``)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from qlearn.fixedpoint import (
-    multiply_by_quantized_multiplier as _mbqm, quantize_multiplier as _quantize_multiplier,
+    multiply_by_quantized_multiplier as _mbqm,
+)
+from qlearn.fixedpoint import (
+    quantize_multiplier as _quantize_multiplier,
 )
 from qlearn.grading.exercises._common import _RULE_NAMES, _half_away, _half_up, _st, ints_equal
 from qlearn.grading.spec import Bug, Case, Exercise, Task
-from qlearn.integer import conv2d as _conv2d, conv2d_accumulator as _conv2d_accumulator
-
+from qlearn.integer import conv2d as _conv2d
+from qlearn.integer import conv2d_accumulator as _conv2d_accumulator
 
 EXERCISE = Exercise("ex8", "ex8_integer_conv.ipynb", "An integer-only convolution layer",
                     "notebooks/08_integer_inference.ipynb")
@@ -104,9 +108,11 @@ EX8 = [
             Case("padding 1 with x_zp = 200: pad with the zero point", (_X2, 200, _W2, _B2, 1, 1),
                  "padded pixels must be the real value 0, i.e. the code x_zp: pad x_q - x_zp with 0 "
                  "(np.pad pads with 0 by default), not x_q"),
-            Case("uint8 codes below the zero point", (np.zeros((1, 1, 2, 2), np.uint8), 200, np.ones((1, 1, 2, 2), np.int8), np.zeros(1, np.int32), 1, 0),
+            Case("uint8 codes below the zero point",
+                 (np.zeros((1, 1, 2, 2), np.uint8), 200, np.ones((1, 1, 2, 2), np.int8), np.zeros(1, np.int32), 1, 0),
                  "x_q - x_zp on uint8 wraps around (0 - 200 = 56): convert to int32 first"),
-            Case("large sums overflow int16", (np.full((1, 3, 3, 3), 255, np.uint8), 0, np.full((1, 3, 3, 3), 127, np.int8), np.zeros(1, np.int32), 1, 0),
+            Case("large sums overflow int16",
+                 (np.full((1, 3, 3, 3), 255, np.uint8), 0, np.full((1, 3, 3, 3), 127, np.int8), np.zeros(1, np.int32), 1, 0),
                  "27 products of 255 * 127 sum to 874395: accumulate in int32 (or int64)"),
             Case("stride 2", (_X2, 0, _W2, _B2, 2, 0), "output size (H + 2 pad - k) // stride + 1"),
         ),
@@ -129,11 +135,17 @@ EX8 = [
                  "clamp q3 to [act_min, act_max] after adding out_zp"),
             Case("outputs that saturate at 0 and 255", (_X2, 100, _W2, _B2, *_quantize_multiplier(0.05), 128, 1, 0, 0, 255),
                  "clip to [act_min, act_max] before converting to uint8, or 256 wraps to 0"),
-            Case("negative accumulators", (np.zeros((1, 1, 3, 3), np.uint8), 255, np.ones((1, 1, 3, 3), np.int8), np.zeros(1, np.int32), _M0, _SHIFT, 200, 1, 0, 0, 255)),
-            Case("a tie in the requantization: acc * M = -10 * 0.25 = -2.5", (np.zeros((1, 1, 1, 1), np.uint8), 10, np.ones((1, 1, 1, 1), np.int8), np.zeros(1, np.int32), 2**30, -1, 100, 1, 0, 0, 255),
+            Case("negative accumulators",
+                 (np.zeros((1, 1, 3, 3), np.uint8), 255, np.ones((1, 1, 3, 3), np.int8), np.zeros(1, np.int32),
+                  _M0, _SHIFT, 200, 1, 0, 0, 255)),
+            Case("a tie in the requantization: acc * M = -10 * 0.25 = -2.5",
+                 (np.zeros((1, 1, 1, 1), np.uint8), 10, np.ones((1, 1, 1, 1), np.int8), np.zeros(1, np.int32),
+                  2**30, -1, 100, 1, 0, 0, 255),
                  "rescale with multiply_by_quantized_multiplier, which rounds -2.5 away from zero to -3; "
                  "np.round gives -2 (half to even) and float arithmetic is not what the device does"),
-            Case("double rounding: acc * M = 5 * 0.25 = 1.25", (np.zeros((1, 1, 1, 1), np.uint8), 5, np.full((1, 1, 1, 1), -1, np.int8), np.zeros(1, np.int32), 2**30, -1, 100, 1, 0, 0, 255),
+            Case("double rounding: acc * M = 5 * 0.25 = 1.25",
+                 (np.zeros((1, 1, 1, 1), np.uint8), 5, np.full((1, 1, 1, 1), -1, np.int8), np.zeros(1, np.int32),
+                  2**30, -1, 100, 1, 0, 0, 255),
                  "the device rounds twice (2.5 -> 3, then 3/2 = 1.5 -> 2), so 1.25 becomes 2, not 1: use "
                  "multiply_by_quantized_multiplier, not floats"),
         ),
@@ -164,14 +176,14 @@ def _acc_np(x_q: np.ndarray, x_zp: int, w_q: np.ndarray, bias_q: np.ndarray, str
 
 
 def _qconv_float(rnd: Callable[[Any], np.ndarray]) -> Callable[..., np.ndarray]:
-    def quantized_conv2d(x_q, x_zp, w_q, bias_q, m0, shift, out_zp, stride, padding, act_min, act_max):  # noqa: ANN
+    def quantized_conv2d(x_q, x_zp, w_q, bias_q, m0, shift, out_zp, stride, padding, act_min, act_max):
         acc = _acc_np(x_q, x_zp, w_q, bias_q, stride, padding)
         return np.clip(rnd(acc * (m0 * 2.0 ** (shift - 31))) + out_zp, act_min, act_max).astype(np.uint8)
 
     return quantized_conv2d
 
 
-def _qconv_no_clamp(x_q, x_zp, w_q, bias_q, m0, shift, out_zp, stride, padding, act_min, act_max):  # noqa: ANN
+def _qconv_no_clamp(x_q, x_zp, w_q, bias_q, m0, shift, out_zp, stride, padding, act_min, act_max):
     acc = _acc_np(x_q, x_zp, w_q, bias_q, stride, padding)
     return (_mbqm(acc, m0, shift) + out_zp).astype(np.int64).astype(np.uint8)
 
@@ -187,7 +199,8 @@ BUGS: dict[str, tuple[Bug, ...]] = {
             "convert x_q to int32 before subtracting the zero point: 0 - 200 wraps around to 56 in uint8"),
     ),
     "task_8_2": (
-        Bug("no clamp before converting to uint8", _qconv_no_clamp, "clamp to [act_min, act_max] before astype(np.uint8), or 256 wraps to 0"),
+        Bug("no clamp before converting to uint8", _qconv_no_clamp,
+            "clamp to [act_min, act_max] before astype(np.uint8), or 256 wraps to 0"),
     ) + tuple(Bug(f"the rescale in floating point with {_RULE_NAMES[r]}", _qconv_float(f),
                   "rescale the accumulator with multiply_by_quantized_multiplier(acc, m0, shift): two integer roundings, as the device")
               for r, f in (("half_even", np.rint), ("half_away", _half_away), ("half_up", _half_up), ("floor", np.floor))),

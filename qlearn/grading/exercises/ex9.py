@@ -9,7 +9,6 @@ from qlearn.grading.exercises._common import _shape, _st, floats_close, tuple_of
 from qlearn.grading.spec import Bug, Case, Exercise, Task
 from qlearn.ranges import EMARange
 
-
 EXERCISE = Exercise("ex9", "ex9_ema_qat_step.ipynb", "EMA activation ranges and one QAT training step",
                     "notebooks/06_qat.ipynb")
 
@@ -111,10 +110,12 @@ EX9 = [
         edge=(
             Case("weights beyond the grid get no gradient", (np.array([[2.0, -2.0, 0.5]]), np.ones((2, 3)), np.zeros((2, 1)), 0.01, 0.1),
                  "the STE passes the gradient only where S qmin <= w <= S qmax; the clamped weights keep their value"),
-            Case("the float weights are updated, not the quantized ones", (np.array([[0.123, -0.456]]), np.array([[1.0, -1.0]]), np.array([[0.0]]), 0.1, 0.01),
+            Case("the float weights are updated, not the quantized ones",
+                 (np.array([[0.123, -0.456]]), np.array([[1.0, -1.0]]), np.array([[0.0]]), 0.1, 0.01),
                  "w_new = w - lr grad on the float (shadow) weights w; the quantized w_hat is recomputed at the next step"),
             Case("lr = 0 leaves the weights", (_WQ, _XQ, _TQ, 0.01, 0.0)),
-            Case("the loss is a mean over samples and outputs", (np.array([[0.1], [0.2]]), np.array([[1.0], [2.0], [3.0]]), np.zeros((3, 2)), 0.001, 1.0),
+            Case("the loss is a mean over samples and outputs",
+                 (np.array([[0.1], [0.2]]), np.array([[1.0], [2.0], [3.0]]), np.zeros((3, 2)), 0.001, 1.0),
                  "loss = mean((x w_hat^T - target)^2) over all N x out entries: divide the gradient by N out"),
             Case("a scale of 0 is invalid", (_WQ, _XQ, _TQ, 0.0, 0.1), "raise ValueError for scale <= 0"),
         ),
@@ -173,9 +174,11 @@ BUGS: dict[str, tuple[Bug, ...]] = {
             "the EMA follows the batches' min and max as they are; widening to 0 belongs to the scale, later"),
     ),
     "task_9_2": (
-        Bug("rounding without the straight-through trick (gradient 0, the weights never move)", lambda w, x, t, s, lr: np.array(w, dtype=np.float64),
+        Bug("rounding without the straight-through trick (gradient 0, the weights never move)",
+            lambda w, x, t, s, lr: np.array(w, dtype=np.float64),
             "torch.round has gradient 0: pass the gradient straight through, w_hat = (S q).detach() + (w - w.detach()) inside"),
-        Bug("the quantized weights updated instead of the float ones", lambda w, x, t, s, lr: _qat_variant(w, x, t, s, lr, update_quantized=True),
+        Bug("the quantized weights updated instead of the float ones",
+            lambda w, x, t, s, lr: _qat_variant(w, x, t, s, lr, update_quantized=True),
             "return w - lr grad with the FLOAT weights w; w_hat is recomputed from them at the next step"),
         Bug("the gradient passed through the clamp as well", lambda w, x, t, s, lr: _qat_variant(w, x, t, s, lr, clip_grad=False),
             "the STE is the identity only inside [-127 S, 127 S]; where the clamp is active the gradient is 0 (Eq. 52)"),
