@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qlearn.checkpoints import cache_dir, load_checkpoint, save_checkpoint
+from qlearn.checkpoints import load_checkpoint
 from qlearn.data import load_digits_data
-from qlearn.shipped import shipped_file
 from qlearn.threads import one_thread
 from qlearn.train import TrainConfig, evaluate, seed_everything, train
+from qlearn.trained_once import load_or_train, memo_model
 
 __all__ = ["TransformerConfig", "TinyViT", "TransformerModel", "transformer_model", "patches"]
 
@@ -201,26 +200,10 @@ def _read(config: TransformerConfig, path: Path, data: Any, *, cached: bool) -> 
 def _load_or_train(config: TransformerConfig, directory: Path | None, progress: bool, retrain: bool) -> TransformerModel:
     """Shipped model (``directory`` None, not ``retrain``) > cached checkpoint > trained now and cached."""
     data = load_digits_data(8, seed=config.seed)  # (N, 1, 8, 8) in [0, 1]; 1,257 train / 540 test
-    if directory is None and not retrain:
-        shipped = shipped_file(f"{config.key}.pt")  # sha256-checked
-        if shipped is not None:
-            model = _read(config, shipped, data, cached=False)
-            return TransformerModel(config, model, data, _evaluate(model, data), shipped, shipped=True)
-    path = (cache_dir() if directory is None else directory) / f"{config.key}.pt"
-    model = _read(config, path, data, cached=True) if path.is_file() and not retrain else None
-    if model is not None:
-        return TransformerModel(config, model, data, _evaluate(model, data), path)
-    model = _train(config, data, progress)
-    try:  # write beside, then rename: a reader never sees half a file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_checkpoint(tmp, model, extra={"transformer_key": config.key})
-        os.replace(tmp, path)
-        for stale in path.parent.glob(f"{path.stem}.*.json"):  # results of the model this one replaces
-            stale.unlink(missing_ok=True)
-    except OSError:  # a read-only home: keep the model in memory
-        path = None
-    return TransformerModel(config, model, data, _evaluate(model, data), path)
+    found = load_or_train(config.key, directory, retrain, key_name="transformer_key",
+                          read=lambda path, cached: _read(config, path, data, cached=cached),
+                          train=lambda: _train(config, data, progress))
+    return TransformerModel(config, found.model, data, _evaluate(found.model, data), found.path, shipped=found.shipped)
 
 
 _MODELS: dict[tuple[TransformerConfig, str], TransformerModel] = {}
@@ -234,19 +217,4 @@ def transformer_model(config: TransformerConfig | None = None, *, directory: str
     ``retrain=True`` trains on this CPU (fixed seed, one thread) and caches the checkpoint as
     ``<cache_dir()>/<config.key>.pt`` (or in ``directory``); one object per (config, folder) per process.
     """
-    if config is None:
-        config = TransformerConfig()
-    if not isinstance(config, TransformerConfig):
-        raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
-    if directory is not None and not isinstance(directory, (str, Path)):
-        raise TypeError(f"directory must be a folder path or None, got {type(directory).__name__}")
-    for name, flag in (("progress", progress), ("retrain", retrain)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False, got {flag!r}")
-    folder = None if directory is None else Path(directory)
-    key = (config, "shipped" if folder is None and not retrain else str(folder or cache_dir()))
-    if retrain or key not in _MODELS:
-        _MODELS[key] = _load_or_train(config, folder, progress, retrain)
-        if retrain and folder is None:
-            _MODELS[(config, "shipped")] = _MODELS[key]
-    return _MODELS[key]
+    return memo_model(_MODELS, config, TransformerConfig, directory, progress, retrain, _load_or_train)

@@ -8,24 +8,13 @@ AVX2-only and AVX-512/AMX machines alike. Each test names the notebook cell it g
 """
 import numpy as np
 import pytest
+from claims_helpers import images
 
 from qlearn.shipped import manifest, shipped_file
 
 pytestmark = pytest.mark.skipif(not manifest(), reason="qlearn/shipped is missing: run `python -m qlearn ship-models`")
 
 
-@pytest.fixture(scope="module")
-def lesson():
-    from qlearn.lessons.lesson_model import lesson_model
-
-    L = lesson_model(progress=False)
-    assert L.shipped, "the lessons must read the shipped model by default"
-    return L
-
-
-def _images(lesson, n: float) -> float:
-    """n test images as a fraction of the test split."""
-    return n / len(lesson.data.y_test)
 
 
 # ---------------------------------------------------------------------------------- shipped models
@@ -65,12 +54,12 @@ def test_03_layer_explorer_claims(lesson):
     bits = list(ex.bits_axis)
     for b in (8, 6):  # "at 8 and 6 bits the two curves sit on top of each other"
         i = bits.index(b)
-        assert abs(t[i] - c[i]) <= _images(lesson, 3)
+        assert abs(t[i] - c[i]) <= images(lesson, 3)
     i3 = bits.index(3)
     assert c[i3] - t[i3] > 0.05  # "at 3 bits per-tensor falls far below per-channel"
     # the printed table below the explorer and "at 8 bits both schemes match the float model"
     for pc in (False, True):
-        assert abs(quantized_weight_accuracy(lesson, 8, per_channel=pc) - lesson.float_acc) <= _images(lesson, 3)
+        assert abs(quantized_weight_accuracy(lesson, 8, per_channel=pc) - lesson.float_acc) <= images(lesson, 3)
     # "one layer alone always costs less than all twelve together"; features.0 the most sensitive
     ex.controls["bits"].value = 3
     alone = {}
@@ -137,10 +126,10 @@ def test_04_model_range_claims(lesson, range_rules):
     # 3. activations at 2 bits: MSE-optimal keeps the most; at 8 bits every rule within two images of float
     acts = {k: v for k, v in r.items() if k.startswith(act)}
     assert max(acts, key=lambda k: acts[k][2]) == act + "MSE-optimal"
-    assert all(abs(v[8] - f) <= _images(lesson, 2) for v in acts.values())
+    assert all(abs(v[8] - f) <= images(lesson, 2) for v in acts.values())
     # summary: at 8 bits min/max and MSE-optimal match float; percentile 99 costs about a point per-channel
     for k in (pt + "min/max", pt + "MSE-optimal", pc + "min/max", pc + "MSE-optimal"):
-        assert abs(r[k][8] - f) <= _images(lesson, 3)
+        assert abs(r[k][8] - f) <= images(lesson, 3)
     assert 0.005 <= f - r[pc + "percentile 99"][8] <= 0.02
 
 
@@ -243,14 +232,14 @@ def test_06_ptq_vs_qat_claims(lesson):
     r = ptq_vs_qat(lesson, progress=False)
     bits = [int(b) for b in r["bits"]]
     f = float(r["float"][0])
-    assert abs(f - lesson.float_acc) <= _images(lesson, 1)
+    assert abs(f - lesson.float_acc) <= images(lesson, 1)
 
     def at(key, b):
         return float(r[key][bits.index(b)])
 
     # 8 bits: PTQ within an image or two of float
     for s in ("per-tensor", "per-channel"):
-        assert abs(at(f"ptq {s}", 8) - f) <= _images(lesson, 3)
+        assert abs(at(f"ptq {s}", 8) - f) <= images(lesson, 3)
     # 4 bits: per-tensor PTQ loses a couple of points; QAT recovers nearly all; the control only a little
     loss = f - at("ptq per-tensor", 4)
     assert 0.01 <= loss <= 0.05

@@ -8,6 +8,7 @@ notebook section it guards.
 """
 import pytest
 import torch
+from claims_helpers import images
 
 from qlearn.lessons import formats_granularity as fg
 from qlearn.shipped import manifest
@@ -15,17 +16,6 @@ from qlearn.shipped import manifest
 pytestmark = pytest.mark.skipif(not manifest(), reason="qlearn/shipped is missing: run `python -m qlearn ship-models`")
 
 
-@pytest.fixture(scope="module")
-def lesson():
-    from qlearn.lessons.lesson_model import lesson_model
-
-    L = lesson_model(progress=False)
-    assert L.shipped, "the lessons must read the shipped model by default"
-    return L
-
-
-def _images(lesson, n: float) -> float:
-    return n / len(lesson.data.y_test)
 
 
 def test_10_1_formats_answer():
@@ -63,7 +53,7 @@ def test_10_2_accuracy_answer(lesson):
     sweep = fg.granularity_sweep(lesson)
     acc4 = dict(zip(fg.GRANULARITIES, sweep["4"]))
     gain = acc4["per-channel"] - acc4["per-tensor"]
-    assert _images(lesson, 3) <= gain <= 0.025
+    assert images(lesson, 3) <= gain <= 0.025
     for g in (64, 32, 16, 8):
         assert abs(acc4[g] - acc4["per-channel"]) < 0.01
     assert max(sweep["2"]) < 0.6 < lesson.float_acc - 0.3
@@ -102,7 +92,7 @@ def test_10_6_sensitivity(lesson):
     worst = sorted(lesson.layers, key=lambda n: -sens[f"{n}|loss"][i2])[:4]
     assert set(worst) <= {"features.0", "features.1.dw", "features.1.pw", "features.2.dw", "features.2.pw"}
     for n in ("features.5.dw", "features.5.pw", "classifier"):
-        assert sens[f"{n}|acc"][i2] >= lesson.float_acc - _images(lesson, 5)
+        assert sens[f"{n}|acc"][i2] >= lesson.float_acc - images(lesson, 5)
 
 
 def test_10_6_mixed_precision(lesson):
@@ -117,7 +107,7 @@ def test_10_6_mixed_precision(lesson):
     g15 = fg.greedy_bits(lesson, 15000)
     a15 = fg.allocation_accuracy(lesson, g15)
     assert fg.weight_bytes(lesson, g15) < kb[3.0] * 1000
-    assert a15 >= lesson.float_acc - _images(lesson, 3) and acc[3.0] < a15 - _images(lesson, 2)
+    assert a15 >= lesson.float_acc - images(lesson, 3) and acc[3.0] < a15 - images(lesson, 2)
     late = lesson.layer("features.4.pw").weight.size + lesson.layer("features.5.pw").weight.size
     assert round(late / sum(l.weight.size for l in lesson.layers.values()), 1) == 0.7
     first = fg.greedy_bits(lesson, 36000)
@@ -125,4 +115,4 @@ def test_10_6_mixed_precision(lesson):
     assert fg.allocation_accuracy(lesson, fg.greedy_bits(lesson, 13000)) > 0.9 and acc[2.0] < 0.5
     for b in (6.0, 4.0, 3.0):
         alloc = fg.greedy_bits(lesson, kb[b] * 1000)
-        assert fg.allocation_accuracy(lesson, alloc) >= acc[b] - _images(lesson, 1)
+        assert fg.allocation_accuracy(lesson, alloc) >= acc[b] - images(lesson, 1)

@@ -7,6 +7,7 @@ Each test names the notebook cell it guards.
 """
 import numpy as np
 import pytest
+from claims_helpers import images
 
 from qlearn.shipped import manifest, shipped_file
 
@@ -21,9 +22,6 @@ def tm():
     assert t.shipped, "notebook 11 must read the shipped transformer by default"
     return t
 
-
-def _images(tm, n: float) -> float:
-    return n / len(tm.data.y_test)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +56,7 @@ def test_granularity_answer_and_try_this(tm, gran):
     keys = [(w, a) for w in ("per-tensor", "per-channel") for a in ("static per-tensor", "dynamic per-tensor", "dynamic per-token")]
     # "At 8 bits none loses more than an image or two"; Try this 1: "every one sits on the float line"
     for w, a in keys:
-        assert gran[f"acc | {w} | {a}"][0] >= tm.float_acc - _images(tm, 2)
+        assert gran[f"acc | {w} | {a}"][0] >= tm.float_acc - images(tm, 2)
     # "At 4 bits the static per-tensor pair loses the most"
     at4 = {k: gran[f"acc | {k[0]} | {k[1]}"][2] for k in keys}
     assert min(at4, key=at4.get) == ("per-tensor", "static per-tensor")
@@ -81,7 +79,7 @@ def test_weight_only_claims(tm, wo):
     grans = ("per-tensor", "per-channel", "group 16", "group 8")
     for g in grans:  # "at 8 and 4 bits every granularity matches float"
         for i in (i8, i4):
-            assert wo[f"acc | {g}"][i] >= tm.float_acc - _images(tm, 2)
+            assert wo[f"acc | {g}"][i] >= tm.float_acc - images(tm, 2)
     # "at 3 bits per-tensor weights lose about ten points and any finer scale recovers most of them"
     assert 0.07 <= tm.float_acc - wo["acc | per-tensor"][i3] <= 0.13
     for g in grans[1:]:
@@ -104,7 +102,7 @@ def test_no_outlier_channels_and_the_injection(tm):
     even = [v for n, v in r.items() if n.endswith(("qkv", "fc1"))]
     assert min(uneven) > max(even)
     out = with_outlier(tm)
-    assert abs(out.float_acc - tm.float_acc) <= _images(tm, 1)  # "same float accuracy"
+    assert abs(out.float_acc - tm.float_acc) <= images(tm, 1)  # "same float accuracy"
     a = channel_absmax(out)
     assert int(np.argmax(a["blocks.0.fc1"])) == OUTLIER_CHANNEL
     assert 20 < outlier_ratio(a["blocks.0.fc1"]) < 40  # "towers 30 times above the median line"
@@ -128,7 +126,7 @@ def test_smoothquant_claims(tm, sq):
     # Try this 2: "the outlier still costs about 20 dB of SQNR but hardly any accuracy" at 8 bits
     cost = sq["keep sqnr | trained | 8"][0] - sq["keep sqnr | outlier | 8"][0]
     assert 15 < cost < 25
-    assert sq["keep acc | outlier | 8"][0] >= tm.float_acc - _images(tm, 2)
+    assert sq["keep acc | outlier | 8"][0] >= tm.float_acc - images(tm, 2)
     # Try this 3: on the trained model "smoothing changes the SQNR by about a dB at any alpha"
     for b in (8, 6, 4):
         base = sq[f"keep sqnr | trained | {b}"][0]

@@ -19,12 +19,13 @@ import numpy as np
 from torch import nn
 
 from qlearn.bn_fold import fuse_model
-from qlearn.checkpoints import cache_dir, load_checkpoint, save_checkpoint
+from qlearn.checkpoints import cache_dir, load_checkpoint
 from qlearn.data import ImageData, load_digits_data
 from qlearn.models import MODELS, ConvBNReLU
 from qlearn.shipped import shipped_file
 from qlearn.threads import one_thread
 from qlearn.train import TrainConfig, evaluate, seed_everything, train
+from qlearn.trained_once import load_or_train, memo_model
 
 __all__ = ["LessonConfig", "FoldedLayer", "LessonModel", "lesson_model", "check_lesson", "cached_results",
            "cache_dir"]
@@ -171,26 +172,11 @@ def _train(config: LessonConfig, data: Any, progress: bool) -> nn.Module:
 def _load_or_train(config: LessonConfig, directory: Path | None, progress: bool, retrain: bool) -> LessonModel:
     """Shipped model (``directory`` None, not ``retrain``) > cached checkpoint > trained now and cached."""
     data = load_digits_data(config.input_size, seed=config.seed)
-    if directory is None and not retrain:
-        shipped = shipped_file(f"{config.key}.pt")  # sha256-checked
-        if shipped is not None:
-            model, _ = load_checkpoint(shipped)
-            return _build_lesson(config, model, data, shipped, shipped=True)
-    path = (cache_dir() if directory is None else directory) / f"{config.key}.pt"
-    model = _read_cached(config, path) if path.is_file() and not retrain else None
-    if model is not None:
-        return _build_lesson(config, model, data, path)
-    model = _train(config, data, progress)
-    try:  # write beside, then rename: a process reading the cache never sees half a file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_checkpoint(tmp, model, extra={"lesson_key": config.key})
-        os.replace(tmp, path)
-        for stale in path.parent.glob(f"{path.stem}.*.json"):  # results of the model this one replaces
-            stale.unlink(missing_ok=True)
-    except OSError:  # a read-only home: keep the model in memory, train again next session
-        path = None
-    return _build_lesson(config, model, data, path)
+    found = load_or_train(
+        config.key, directory, retrain, key_name="lesson_key",
+        read=lambda path, cached: _read_cached(config, path) if cached else load_checkpoint(path)[0],
+        train=lambda: _train(config, data, progress))
+    return _build_lesson(config, found.model, data, found.path, shipped=found.shipped)
 
 
 def lesson_model(config: LessonConfig | None = None, *, directory: str | Path | None = None,
@@ -206,22 +192,7 @@ def lesson_model(config: LessonConfig | None = None, *, directory: str | Path | 
     one of another model, is trained again with a one-line message. Within one Python process the same
     object is returned for the same (config, folder), until ``retrain=True`` replaces it.
     """
-    if config is None:
-        config = LessonConfig()
-    if not isinstance(config, LessonConfig):
-        raise TypeError(f"config must be a LessonConfig, got {type(config).__name__}")
-    if directory is not None and not isinstance(directory, (str, Path)):
-        raise TypeError(f"directory must be a folder path or None, got {type(directory).__name__}")
-    for name, flag in (("progress", progress), ("retrain", retrain)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False, got {flag!r}")
-    folder = None if directory is None else Path(directory)
-    key = (config, "shipped" if folder is None and not retrain else str(folder or cache_dir()))
-    if retrain or key not in _LESSONS:
-        _LESSONS[key] = _load_or_train(config, folder, progress, retrain)
-        if retrain and folder is None:  # the default lesson in this process is now the retrained one
-            _LESSONS[(config, "shipped")] = _LESSONS[key]
-    return _LESSONS[key]
+    return memo_model(_LESSONS, config, LessonConfig, directory, progress, retrain, _load_or_train)
 
 
 def _results_file(lesson: LessonModel, name: str) -> tuple[Path | None, Path | None]:
