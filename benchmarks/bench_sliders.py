@@ -107,8 +107,11 @@ def _lesson(work: Path, quick: bool) -> tuple[Any, float]:
     return lesson, time.perf_counter() - t0
 
 
-def _sweep(explorer: Any, k: int) -> tuple[list[float], list[float], dict[str, dict]]:
-    """Set every control to its value sequence; (change times s, render times s, per-control summary)."""
+def _sweep(explorer: Any, k: int, stages: dict[str, list[float]] | None = None
+           ) -> tuple[list[float], list[float], dict[str, dict]]:
+    """Set every control to its value sequence; (change times s, render times s, per-control summary).
+
+    ``stages``, if given, collects each redraw's ``Explorer.timings`` (compute, draw, encode, send; s)."""
     changes: list[float] = []
     renders: list[float] = []
     per_control: dict[str, dict] = {}
@@ -122,6 +125,9 @@ def _sweep(explorer: Any, k: int) -> tuple[list[float], list[float], dict[str, d
             if explorer.redraws > before:  # a value the control accepted and the explorer redrew for
                 times.append(dt)
                 renders.append(explorer.last_render_seconds)
+                if stages is not None:
+                    for stage, seconds in getattr(explorer, "timings", {}).items():
+                        stages.setdefault(stage, []).append(seconds)
         if times:
             per_control[cname] = {"changes": len(times), "median_ms": 1000 * float(np.median(times)),
                                   "max_ms": 1000 * float(np.max(times))}
@@ -145,7 +151,8 @@ def bench_explorer(name: str, factory: Callable[..., Any], kwargs: dict, k: int,
     t0 = time.perf_counter()
     explorer = factory(**kwargs)
     build = time.perf_counter() - t0
-    changes, renders, per_control = _sweep(explorer, k)
+    stages: dict[str, list[float]] = {}
+    changes, renders, per_control = _sweep(explorer, k, stages)
     ms = 1000.0 * np.asarray(changes) if changes else np.array([np.nan])
     slowest = max(per_control, key=lambda c: per_control[c]["median_ms"]) if per_control else None
     fix: dict[str, Any] = {}
@@ -165,18 +172,19 @@ def bench_explorer(name: str, factory: Callable[..., Any], kwargs: dict, k: int,
         "max_ms": float(np.max(ms)),
         "render_median_ms": 1000 * float(np.median(renders)) if renders else float("nan"),
         "slowest_control": slowest,
+        "stage_median_ms": {stage: 1000 * float(np.median(v)) for stage, v in stages.items() if stage != "total"},
         "controls": per_control,
         **fix,
     }
 
 
-def run(work: Path, *, quick: bool, seed: int = 0) -> dict:
+def run(work: Path, *, quick: bool, seed: int = 0, only: list[str] | None = None) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
     k = 1 if quick else 6
     x = np.random.default_rng(seed).standard_normal(DATA_SIZE)  # (1e6,) float64
-    factories = discover()
+    factories = {n: f for n, f in discover().items() if not only or any(o in n for o in only)}
     lesson_seconds = None
     lesson = None
     results = []
@@ -206,3 +214,32 @@ def run(work: Path, *, quick: bool, seed: int = 0) -> dict:
         "worst_explorer": worst,
         "median_of_medians_ms": float(np.median([r["median_ms"] for r in ok])) if ok else float("nan"),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import tempfile
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_sliders", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one value per control, the small lesson model")
+    p.add_argument("--only", nargs="*", help="explorers whose name contains one of these")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="qlearn-bench-sliders-") as work:
+        result = run(Path(work), quick=args.quick, only=args.only)
+    for r in result["explorers"]:
+        if "error" in r:
+            print(f"{r['explorer']:45s} {r['error']}")
+            continue
+        stages = "  ".join(f"{k} {v:5.1f}" for k, v in r["stage_median_ms"].items())
+        print(f"{r['explorer']:45s} median {r['median_ms']:6.1f}  p95 {r['p95_ms']:6.1f} ms   ({stages})")
+    print(f"median of medians {result['median_of_medians_ms']:.1f} ms, worst p95 {result['worst_p95_ms']:.1f} ms "
+          f"({result['worst_explorer']})")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

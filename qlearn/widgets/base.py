@@ -48,7 +48,6 @@ import asyncio
 import base64
 import html
 import io
-import math
 import os
 import time
 import traceback
@@ -58,10 +57,10 @@ from typing import Any
 import ipywidgets as widgets
 import matplotlib as mpl
 import numpy as np
-from matplotlib.backends import backend_agg
-from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
 from PIL import Image
+
+from qlearn.widgets.text_cache import canvas_class
 
 JPEG_QUALITY = 95  # with subsampling=0 (full-resolution colour): no visible ringing around text or lines
 THROTTLE_S = 0.03  # a browser change this soon after the last redraw waits, collapsed with the ones behind it
@@ -124,7 +123,7 @@ class Explorer(widgets.VBox):
         self.dpi = DISPLAY["width_px"] / self.figsize[0]  # drawn at the pixel width it is shown at
         self._rc = rc_display()
         self.fig = Figure(figsize=self.figsize, dpi=self.dpi, layout="constrained")
-        (TextCacheCanvas if TextCacheRenderer.available else FigureCanvasAgg)(self.fig)
+        canvas_class()(self.fig)
         with mpl.rc_context(self._rc):
             self.build(self.fig)
         self._layout_done = False
@@ -290,17 +289,19 @@ class Explorer(widgets.VBox):
 
     @staticmethod
     def _stale_children(ax: Any) -> list[Any]:
-        """Artists inside ``ax`` that changed since the last draw (axis, legend: see _axes_key).
+        """Artists inside ``ax`` that changed since the last draw (titles, axes, legend: see _axes_key).
 
-        A title is one of them: a new title text is drawn alone, like a line (the layout is frozen).
+        Titles are never hidden for a background: Axes.draw would move the visible ones off the figure.
         """
-        skip = {id(ax.xaxis), id(ax.yaxis), id(ax.get_legend()), id(ax.patch), *(id(s) for s in ax.spines.values())}
+        skip = {id(ax.title), id(ax._left_title), id(ax._right_title), id(ax.xaxis), id(ax.yaxis),
+                id(ax.get_legend()), id(ax.patch), *(id(s) for s in ax.spines.values())}
         return [c for c in ax.get_children() if c.stale and id(c) not in skip]
 
     @staticmethod
     def _axes_key(ax: Any) -> tuple:
-        """What an axes' frame depends on: limits, scales, tick rules, axis labels, legend texts."""
-        texts: list[Any] = [t.get_text() for t in (ax.xaxis.label, ax.yaxis.label)]
+        """What an axes' frame depends on: limits, scales, tick rules, titles, labels, legend texts."""
+        texts: list[Any] = [t.get_text() for t in (ax.title, ax._left_title, ax._right_title,
+                                                   ax.xaxis.label, ax.yaxis.label)]
         legend = ax.get_legend()
         if legend is not None:
             texts += [id(legend)] + [t.get_text() for t in legend.get_texts()]
@@ -375,86 +376,6 @@ def set_limits(ax: Any, axis: str, lo: float, hi: float, *, fill: float = LIMIT_
             lo, hi = (10.0**u, 10.0**v) if log else (u, v)
     put(lo, hi)
     held[axis] = tuple(get())
-
-
-class TextCacheRenderer(RendererAgg):
-    """Agg renderer that keeps the glyph bitmaps and text layouts it made: the same pixels, drawn faster.
-
-    Most of an axes' redraw is text (tick labels, legend, titles), and matplotlib's Agg renderer lays
-    out every string and rasterizes every glyph anew on each draw. FreeType places a glyph at a position
-    in 1/64 pixel; the bitmap depends only on that position's fraction of a pixel (the whole pixels just
-    move it), so a bitmap kept under (font, size, dpi, glyph, rotation, fractional position, hinting,
-    antialiasing) is exactly the one FreeType would make again (checked: pixel-identical figures). This
-    follows ``RendererAgg.draw_text`` of matplotlib 3.11 and is used only where that code path exists
-    (``available``); otherwise explorers draw with the plain Agg canvas.
-    """
-
-    available = all(hasattr(RendererAgg, a) for a in ("_draw_text_glyphs_and_boxes", "_prepare_font")) and all(
-        hasattr(backend_agg, a) for a in ("get_hinting_flag", "RenderMode"))
-    MAX_ENTRIES = 50_000  # per cache; a few MB (a glyph bitmap is ~0.2 KB), cleared when full
-    _layouts: dict[tuple, list[tuple]] = {}  # (font file, size, dpi, string, flags, ...) -> [(font, glyph, dx, dy)]
-    _glyphs: dict[tuple, tuple] = {}  # key above -> (bitmap (h, w) uint8, left, top in whole pixels)
-
-    def draw_text(self, gc: Any, x: float, y: float, s: str, prop: Any, angle: float, ismath: Any = False,
-                  mtext: Any = None) -> None:
-        if ismath:
-            return self.draw_mathtext(gc, x, y, s, prop, angle)
-        features = mtext.get_fontfeatures() if mtext is not None else None
-        language = mtext.get_language() if mtext is not None else None
-        font = self._prepare_font(prop)
-        size, flags = prop.get_size_in_points(), backend_agg.get_hinting_flag()
-        key = (font.fname, size, self.dpi, s, flags, repr(features), repr(language))
-        items = self._layouts.get(key)
-        if items is None:
-            items = [(i.ft_object, i.glyph_index, i.x, i.y)
-                     for i in font._layout(s, flags=flags, features=features, language=language)]
-            _remember(self._layouts, key, items)
-        self._draw_text_glyphs_and_boxes(gc, x, y, angle, ((f, size, g, 0, 1, dx, dy) for f, g, dx, dy in items), [])
-
-    def _draw_text_glyphs_and_boxes(self, gc: Any, x: float, y: float, angle: float, glyphs: Any,
-                                    boxes: Any) -> None:
-        if boxes:  # mathtext's rules and boxes: matplotlib's own code
-            return super()._draw_text_glyphs_and_boxes(gc, x, y, angle, glyphs, boxes)
-        cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-        flags, antialiased = backend_agg.get_hinting_flag(), gc.get_antialiased()
-        for font, size, glyph, slant, extend, dx, dy in glyphs:  # dy is upwards, y downwards
-            matrix = (0x10000 * np.array([[cos, -sin], [sin, cos]]) @ [[extend, extend * slant], [0, 1]]
-                      ).round().astype(int)  # 16.16 fixed point
-            tx = round(0x40 * (x + dx * cos - dy * sin))  # 26.6 fixed point: 1/64 pixel
-            ty = round(0x40 * (self.height - y + dx * sin + dy * cos))  # FreeType's y is upwards
-            key = (font.fname, size, self.dpi, glyph, tuple(matrix.ravel()), tx & 63, ty & 63, flags, antialiased)
-            hit = self._glyphs.get(key)
-            if hit is None:
-                font.set_size(size, self.dpi)
-                font._set_transform(matrix, [tx, ty])
-                mode = backend_agg.RenderMode.NORMAL if antialiased else backend_agg.RenderMode.MONO
-                bitmap = font._render_glyph(glyph, flags, mode)
-                buffer = np.array(bitmap.buffer)  # a copy: (h, w) uint8 coverage
-                if not antialiased:
-                    buffer *= 0xFF
-                hit = (buffer, bitmap.left - (tx >> 6), bitmap.top - (ty >> 6))
-                _remember(self._glyphs, key, hit)
-            buffer, left, top = hit
-            self._renderer.draw_text_image(buffer, left + (tx >> 6),
-                                           int(self.height) - (top + (ty >> 6)) + buffer.shape[0], 0, gc)
-
-
-def _remember(cache: dict, key: tuple, value: Any) -> None:
-    if len(cache) >= TextCacheRenderer.MAX_ENTRIES:
-        cache.clear()
-    cache[key] = value
-
-
-class TextCacheCanvas(FigureCanvasAgg):
-    """The Agg canvas, drawing with ``TextCacheRenderer``."""
-
-    def get_renderer(self) -> RendererAgg:
-        w, h = self.get_width_height(physical=True)
-        key = w, h, self.figure.dpi
-        if self._lastKey != key:
-            self.renderer = TextCacheRenderer(w, h, self.figure.dpi)
-            self._lastKey = key
-        return self.renderer
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

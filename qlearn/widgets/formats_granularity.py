@@ -10,6 +10,7 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 
+from qlearn.error import sqnr_db
 from qlearn.lessons.formats_granularity import (
     GRANULARITIES,
     allocation_accuracy,
@@ -21,7 +22,6 @@ from qlearn.lessons.formats_granularity import (
     mixed_precision_curves,
     weight_bytes,
 )
-from qlearn.error import sqnr_db
 from qlearn.lessons.lesson_model import LessonModel, check_lesson, lesson_model
 from qlearn.widgets.base import Explorer, int_slider, set_limits, slider
 

@@ -165,11 +165,11 @@ class ModelRangesExplorer(Explorer):
     def render(self, view: str, bits: int) -> dict:
         methods = view_methods(view)
         i = int(bits - self.bits_axis[0])
-        for line, m in zip(self.lines, methods):
-            line.set_data(self.bits_axis, 100 * self.curves[(view, m)])
-            line.set_color(METHOD_COLORS[m])
-            line.set_label(m)
-        if view != self.shown_view:  # a new legend and new tick labels only when the view changes
+        if view != self.shown_view:  # new curves, legend and tick labels only when the view changes
+            for line, m in zip(self.lines, methods):
+                line.set_data(self.bits_axis, 100 * self.curves[(view, m)])
+                line.set_color(METHOD_COLORS[m])
+                line.set_label(m)
             if self.legend is not None:
                 self.legend.remove()
             self.legend = self.ax_acc.legend(loc="lower right")

@@ -202,7 +202,8 @@ class PipelineExplorer(Explorer):
             "PTQ per-tensor MSE": accs.get("per_tensor_mse", float("nan")),
             "PTQ per-channel min/max": accs.get("per_channel_minmax", float("nan")),
             "PTQ per-channel MSE": accs.get("per_channel_mse", float("nan")),
-            "QAT per-channel": qat[str(bits)] if str(bits) in qat else f"not run (QAT at {', '.join(sorted(qat, key=int, reverse=True))} bits)",
+            "QAT per-channel": (qat[str(bits)] if str(bits) in qat
+                                else f"not run (QAT at {', '.join(sorted(qat, key=int, reverse=True))} bits)"),
             "integer engine (8-bit QAT)": rep["integer"]["acc"],
             f"{self.range_layer['layer']}: narrowest channel's levels, per-tensor": levels_t,
             f"{self.range_layer['layer']}: every channel's levels, per-channel": 2 * qmax + 1,

@@ -19,8 +19,20 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from qlearn.lessons.transformer import (
-    ACT_MODES, ALPHAS, GRAN_BITS, KEEPS, OUTLIER_CHANNEL, OUTLIER_LAYER, SMOOTH_BITS, WEIGHT_GRANULARITIES,
-    WEIGHT_ONLY_BITS, channel_absmax, granularity_results, outlier_ratio, smoothquant_results, weight_only_results,
+    ACT_MODES,
+    ALPHAS,
+    GRAN_BITS,
+    KEEPS,
+    OUTLIER_CHANNEL,
+    OUTLIER_LAYER,
+    SMOOTH_BITS,
+    WEIGHT_GRANULARITIES,
+    WEIGHT_ONLY_BITS,
+    channel_absmax,
+    granularity_results,
+    outlier_ratio,
+    smoothquant_results,
+    weight_only_results,
     with_outlier,
 )
 from qlearn.transformer import TransformerModel, transformer_model
