@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import numbers
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import nn
 from qlearn.bn_fold import fuse_model
 from qlearn.checkpoints import cache_dir, load_checkpoint
 from qlearn.data import ImageData, load_digits_data
+from qlearn.files import atomic_write_text
 from qlearn.models import MODELS, ConvBNReLU
 from qlearn.shipped import shipped_file
 from qlearn.threads import one_thread
@@ -234,11 +234,8 @@ def cached_results(lesson: LessonModel, name: str, compute: Any) -> dict[str, li
         result = {str(k): [float(v) for v in vals] for k, vals in compute().items()}
         if path is not None:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
-                os.replace(tmp, path)
+                atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True))
             except OSError:
-                pass
+                pass  # a read-only cache: compute again next session
     lesson.cache[key] = result
     return result
