@@ -1,6 +1,6 @@
 """Integer engine: images per second of the same trained network run three (four) ways, same run, same input.
 
-* ``qlearn integer``  qlearn.integer.IntegerModel (from qlearn.convert.convert): readable numpy, integer
+* ``qlearn integer``  qlearn.integer_model.IntegerModel (from qlearn.convert.convert): readable numpy, integer
                       arithmetic only; float in -> quantize -> integer layers -> dequantize
 * ``torch float``     the float MobileNet in eval mode with BN folded into the convs (qlearn.bn_fold)
 * ``torch int8``      the same integers on PyTorch's int8 kernels (qlearn.torch_int8.to_torch_int8, engine "auto":

@@ -1,39 +1,13 @@
 """qlearn: learn neural-network quantization by doing it (Jacob et al., CVPR 2018).
 
-The package reads like the table of contents of the paper; every equation cited as (Eq. N) is derived
-in docs/equations.md.
+The package reads like a table of contents, in three layers (README, "The package"; docs/layout.md):
 
-    qparams      r = S (q - Z): the QParams dataclass and parameters from a range    (Eqs. 1-8)
-    quantize     quantize / dequantize / fake_quantize, and the seed's formulas      (Eqs. 9-12)
-    ranges       min/max, percentile, MSE-optimal and EMA range setting              (Eqs. 13-16)
-    error        MSE, SQNR, S^2/12, rounding vs clipping                             (Eqs. 14, 17-19)
-    fixedpoint   gemmlowp/TFLite fixed point: SRDHM, RDBPOT, M = M0 * 2^shift        (Eqs. 22-31)
-    integer      integer-only kernels (conv, linear, add, pool)                      (Eqs. 20-39)
-    integer_args the integer kernels' argument checks (dtypes, zero points, M0/shift, clamp)
-    layer_integers  a layer's integers from scales: M0/shift, int32 bias, clamp      (Eqs. 22-24, 37)
-    integer_layers  frozen integer layers; integer_model: IntegerModel               (Eqs. 20-39)
-    bn_fold      batch-norm folding: fold_bn, fuse_conv_bn                          (Eqs. 40-43)
-    models       MobileNet v1 (depthwise separable) and v2 (inverted residuals)
-    data         scikit-learn's bundled digits; MNIST / CIFAR-10 / image folders from a local folder
-    train        a small deterministic trainer; checkpoints: safe save / load of trained models
-    fake_quant   fake quant with the straight-through estimator, weight scales, EMA ranges (Eqs. 50-57)
-    qat_layers   the fake-quant layers: conv + BN folded in training, linear, add, pool (Eqs. 58-68)
-    qat          prepare_qat: a MobileNet rewritten as a fake-quant model, for QAT and PTQ
-    ptq          post-training quantization: calibrate, quantize, sweep bit widths
-    convert      QAT model -> IntegerModel (int8 weights, int32 bias, M0/shift), agreement
-    pipeline     float -> PTQ -> QAT -> integer engine, one command (python -m qlearn pipeline)
-    latency      the paper's latency claim on a real int8 runtime (PyTorch's qnnpack or x86 engine,
-                 chosen from the integers so that it computes exactly)
-    saturation   int16 pair arithmetic: where x86 int8 kernels saturate (Eq. 75)
-    onnx_export  qlearn's integers as an ONNX graph (QLinear ops, or bit-exact fixed point), on ONNX Runtime
-    deploy       notebook 13: PyTorch's eager flow, PyTorch int8 and ONNX Runtime side by side
-    efficientnet EfficientNet-Lite0 with ImageNet weights; photos: scikit-learn's photos as crops
-    equalization cross-layer equalization, bias correction; imagenet_ptq: notebook 12's PTQ variants
-    folder_data  ImageNet-layout image folders; distributed: torchrun / DDP for the pipeline
-    shipped      the trained models the lessons read, the same on every machine
-    widgets      the sliders of the notebooks; figures regenerates figures/ from them
-    grading      qlearn.check(...) in exercise notebooks; python -m qlearn grade for instructors
-    lecture      python -m qlearn lecture NN: a lesson as a code-free page (Voila)
+    the core         one module per idea: qparams, quantize, ranges, error, fixedpoint, integer,
+                     layer_integers, integer_layers, bn_fold, fake_quant, qat, ptq, convert, pipeline/,
+                     torch_int8, onnx_export, ... (every equation cited as (Eq. N) is derived in
+                     docs/equations.md)
+    qlearn.lessons   what each notebook computes, one module per notebook (no UI)
+    qlearn.widgets   the notebooks' sliders and figures
 
 The torch-based modules load on first use (``qlearn.fuse_conv_bn`` imports torch then), so
 ``import qlearn`` stays fast for the numpy-only lessons.

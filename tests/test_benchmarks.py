@@ -323,7 +323,7 @@ def test_code_agreement_rejects_bad_input():
         code_agreement(np.zeros((2, 3)), np.zeros((2, 3)))
 
 
-def test_measure_latency_counts_calls_and_orders_statistics():
+def test_timing_measure_counts_calls_and_orders_statistics():
     calls = []
     lat = measure(lambda: calls.append(1), repeats=7, warmup=3)
     assert isinstance(lat, Latency)
@@ -332,7 +332,7 @@ def test_measure_latency_counts_calls_and_orders_statistics():
     assert set(lat.to_dict()) == {"median_ms", "p95_ms", "min_ms", "repeats"}
 
 
-def test_measure_latency_rejects_bad_input():
+def test_timing_measure_rejects_bad_input():
     with pytest.raises(TypeError, match="callable"):
         measure(3)
     for kw, error in (({"repeats": 0}, ValueError), ({"repeats": 2.5}, TypeError), ({"warmup": -1}, ValueError),
