@@ -26,6 +26,8 @@ from qlearn._checks import as_float_array, check_bits
 from qlearn.agreement import Agreement, code_agreement
 from qlearn.error import sqnr_db
 from qlearn.fixedpoint import multiply_by_quantized_multiplier
+from qlearn.groups import bits_per_weight as groups_bits_per_weight
+from qlearn.groups import quantize_groups
 from qlearn.integer import linear as integer_linear
 from qlearn.layer_integers import quantize_bias, requant_multiplier
 from qlearn.lessons.lesson_model import cached_results
@@ -106,19 +108,19 @@ def smooth_scales(x_absmax: Any, w_absmax: Any, alpha: float) -> np.ndarray:
 
 
 def group_fake_quant(w: Any, bits: int, group: int) -> np.ndarray:
-    """Fake-quantize (Out, In) weights with one symmetric scale per run of ``group`` inputs (Eq. 81)."""
+    """Fake-quantize (Out, In) weights with one symmetric scale per run of ``group`` inputs (Eqs. 76, 81).
+
+    ``qlearn.groups.quantize_groups``, for the transformer's layers, whose In is a multiple of ``group``.
+    """
     arr = as_float_array(w, "w")
     if arr.ndim != 2 or group < 1 or arr.shape[1] % group:
         raise ValueError(f"w must be (Out, In) with In a multiple of group={group}, got shape {arr.shape}")
-    rows = arr.reshape(-1, group)  # (Out * In / G, G): one row per group
-    return fake_quantize(rows, weight_qparams(rows, bits, per_channel=True)).reshape(arr.shape)
+    return quantize_groups(arr, bits, group).w_hat
 
 
 def bits_per_weight(bits: int, gran: str, shape: tuple[int, int], scale_bits: int = 16) -> float:
-    """Storage per weight including the fp16 scales: b + 16 / G per group, b + 16 / In per channel (Eq. 81)."""
-    out, inp = shape
-    n_scales = {"per-tensor": 1, "per-channel": out}.get(gran) or out * inp // _group_size(gran)
-    return bits + scale_bits * n_scales / (out * inp)
+    """Storage per weight including the fp16 scales: b + 16 / G per group, b + 16 / In per channel (Eqs. 77, 81)."""
+    return groups_bits_per_weight(shape, bits, _group_size(gran) or gran, scale_bits=scale_bits)
 
 
 def _fake_weight(w: np.ndarray, scheme: Scheme) -> np.ndarray:
