@@ -28,8 +28,7 @@ import torch
 from qlearn._checks import as_float_array, check_bits, check_bool, check_int
 from qlearn.error import sqnr_db
 from qlearn.groups import GroupQuant, bits_per_weight, check_granularity, fake_quant_granular, quantize_groups, weight_format
-from qlearn.lessons.lesson_model import LessonModel, cached_results, check_lesson
-from qlearn.lessons.per_channel import _swapped_weights  # the weight swap of notebook 03, restored even on error
+from qlearn.lessons.lesson_model import LessonModel, cached_results, check_lesson, swapped_weights
 from qlearn.packing import pack, unpack
 from qlearn.qparams import qparams_from_range
 from qlearn.quantize import fake_quantize
@@ -86,7 +85,7 @@ GRANULARITIES: tuple[Any, ...] = ("per-tensor", "per-channel", 64, 32, 16, 8)
 
 def _accuracy_with(lesson: LessonModel, new: dict[str, np.ndarray]) -> float:
     chosen = [lesson.layer(n) for n in new]
-    with _swapped_weights(chosen, list(new.values())), one_thread():
+    with swapped_weights(chosen, list(new.values())), one_thread():
         return evaluate(lesson.folded, lesson.data.x_test, lesson.data.y_test)
 
 
@@ -278,7 +277,7 @@ def _calibration_loss(lesson: LessonModel, new: dict[str, np.ndarray], n: int = 
     """Cross-entropy on the first ``n`` training images with ``new`` weights swapped in (a calibration set:
     the allocation never looks at the test images its accuracy is reported on)."""
     chosen = [lesson.layer(name) for name in new]
-    with _swapped_weights(chosen, list(new.values())), one_thread(), torch.no_grad():
+    with swapped_weights(chosen, list(new.values())), one_thread(), torch.no_grad():
         logits = predict(lesson.folded, lesson.data.x_train[:n])
         return float(torch.nn.functional.cross_entropy(logits, lesson.data.y_train[:n]))
 

@@ -1,20 +1,24 @@
-"""The lesson model: the small MobileNet of notebooks 03-06 and its cache.
+"""The lesson model: the small MobileNet of notebooks 03-06 and 10, and its cache.
 
 A small MobileNet v1 trained once on the bundled digits, deterministically (fixed seed, one thread),
 shipped with qlearn (``qlearn/shipped``, sha256-checked) and otherwise cached under
 ``~/.cache/qlearn`` (``lesson_model``), with its BN-folded weights (``FoldedLayer``). Results the
-lessons compute from it are cached beside it (``cached_results``).
+lessons compute from it are cached beside it (``cached_results``). ``swapped_weights`` lends the
+model other (e.g. fake-quantized) folded weights for a ``with`` block and restores them after.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from qlearn.bn_fold import fuse_model
@@ -27,7 +31,7 @@ from qlearn.threads import one_thread
 from qlearn.train import TrainConfig, evaluate, seed_everything, train
 from qlearn.trained_once import load_or_train, memo_model
 
-__all__ = ["LessonConfig", "FoldedLayer", "LessonModel", "lesson_model", "check_lesson", "cached_results",
+__all__ = ["LessonConfig", "FoldedLayer", "LessonModel", "lesson_model", "check_lesson", "cached_results", "swapped_weights",
            "cache_dir"]
 
 
@@ -239,3 +243,18 @@ def cached_results(lesson: LessonModel, name: str, compute: Any) -> dict[str, li
                 pass  # a read-only cache: compute again next session
     lesson.cache[key] = result
     return result
+
+
+@contextlib.contextmanager
+def swapped_weights(layers: list[FoldedLayer], new: list[np.ndarray]) -> Iterator[None]:
+    """Temporarily replace the folded layers' weights (the model is restored even on error)."""
+    saved = [layer.module.weight.detach().clone() for layer in layers]
+    try:
+        with torch.no_grad():
+            for layer, w in zip(layers, new):
+                layer.module.weight.copy_(torch.from_numpy(w).to(layer.module.weight.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, w in zip(layers, saved):
+                layer.module.weight.copy_(w)

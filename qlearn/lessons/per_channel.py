@@ -24,17 +24,14 @@ The explorers that show these numbers are in ``qlearn.widgets.per_channel``.
 """
 from __future__ import annotations
 
-import contextlib
 import numbers
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from qlearn._checks import as_float_array, check_axis, check_bits, check_bool
-from qlearn.lessons.lesson_model import FoldedLayer, LessonModel, cached_results, check_lesson
+from qlearn.lessons.lesson_model import FoldedLayer, LessonModel, cached_results, check_lesson, swapped_weights
 from qlearn.qparams import QParams, qparams_from_range
 from qlearn.quantize import fake_quantize
 from qlearn.ranges import RANGE_METHODS, minmax_range, parse_range_method, weight_qparams
@@ -182,21 +179,6 @@ def compare_schemes(w: Any, bits: int, *, axis: int = 0, symmetric: bool = True)
 WEIGHT_METHODS: tuple[str, ...] = tuple(m for m in RANGE_METHODS if parse_range_method(m)[0] != "ema")
 
 
-@contextlib.contextmanager
-def _swapped_weights(layers: list[FoldedLayer], new: list[np.ndarray]) -> Iterator[None]:
-    """Temporarily replace the folded layers' weights (the model is restored even on error)."""
-    saved = [layer.module.weight.detach().clone() for layer in layers]
-    try:
-        with torch.no_grad():
-            for layer, w in zip(layers, new):
-                layer.module.weight.copy_(torch.from_numpy(w).to(layer.module.weight.dtype))
-        yield
-    finally:
-        with torch.no_grad():
-            for layer, w in zip(layers, saved):
-                layer.module.weight.copy_(w)
-
-
 def quantized_weight_accuracy(
     lesson: LessonModel, bits: int, *, per_channel: bool, method: str = "min/max",
     layers: tuple[str, ...] | None = None,
@@ -216,7 +198,7 @@ def quantized_weight_accuracy(
     if key not in lesson.cache:
         new = [fake_quantize(l.weight, weight_qparams(l.weight, bits, per_channel=per_channel, method=method))
                for l in chosen]
-        with _swapped_weights(chosen, new), one_thread():
+        with swapped_weights(chosen, new), one_thread():
             lesson.cache[key] = evaluate(lesson.folded, lesson.data.x_test, lesson.data.y_test)
     return lesson.cache[key]
 
