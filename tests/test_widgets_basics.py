@@ -23,7 +23,7 @@ def test_quantize_explorer_numbers_follow_the_library(small_x):
     assert ex.numbers["zero point Z"] == qp.zero_point
     assert ex.numbers["MSE (measured)"] == pytest.approx(parts.total_mse)
     assert ex.numbers["max |error| inside the grid"] <= ex.numbers["S/2"] + 1e-12
-    assert "MSE (measured)" in ex.readout.value
+    assert "MSE (measured)" in ex.image.readout
 
 
 def test_quantize_explorer_switches(small_x):

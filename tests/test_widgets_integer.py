@@ -130,7 +130,7 @@ def test_multiplier_explorer_follows_the_library():
     y = ex.numbers["MBQM(x, M0, shift) (integer)"]
     assert y == multiply_by_quantized_multiplier(-12345, m0, shift) == ref_mode(-12345, m0, shift, "double")
     assert abs(ex.numbers["MBQM − x·M0·2^(shift−31) (LSB)"]) <= 0.5 + 2.0 ** (shift - 1)  # Eq. 31
-    assert "relative error" in ex.readout.value
+    assert "relative error" in ex.image.readout
 
 
 def test_multiplier_explorer_reports_overflow_and_refuses_bad_arguments():

@@ -166,7 +166,7 @@ def test_seed_channels_explorer_follows_the_library():
     assert ex.numbers["ch 1: MSE ratio Eq. 19 (S/S_c)^2"] == pytest.approx(45.08, abs=0.01)
     ex.controls["symmetric"].value = False
     assert ex.numbers["per-tensor scale S"] == pytest.approx(8.5 / 255)  # asymmetric uint8 over [-4.7, 3.8]
-    assert "MSE ratio measured" in ex.readout.value
+    assert "MSE ratio measured" in ex.image.readout
 
 
 # ---------------------------------------------------------------------------------- the lesson model

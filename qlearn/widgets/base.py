@@ -4,16 +4,17 @@ An explorer is an ``ipywidgets.VBox`` holding
 
     title     HTML           what the explorer shows
     controls  dict[str, W]   sliders, dropdowns, checkboxes (``explorer.controls["bits"].value = 4``)
-    image     widgets.Image  the figure (JPEG, see below), re-rendered after every change
-    readout   widgets.HTML   the numbers, as a small table
+    image     FrameView      the figure (``image.value``: JPEG, see below) and the numbers as a small
+                             table under it (``image.readout``: HTML), re-rendered after every change
     numbers   dict           the same numbers as floats, for tests and for the learner's own code
 
-Why an image in an Image widget rather than an interactive backend: it needs no extension, renders
-identically in JupyterLab, Voila (lecture mode) and a headless test, and the figure and its artists
-are built once (``build``) and only updated (``render``), so a slider move costs one computation,
-at most one Agg draw and one fast image encoding.
+Why a picture drawn by matplotlib rather than an interactive backend: it renders identically in
+JupyterLab, Voila (lecture mode) and a headless test, and the figure and its artists are built once
+(``build``) and only updated (``render``), so a slider move costs one computation, at most one Agg
+draw and one fast image encoding. ``FrameView`` (``qlearn.widgets.frames``) is a small anywidget: its
+JavaScript ships with the package, so it needs no build and no network.
 
-What makes a slider answer quickly (``update``, timed per step in ``timings``):
+What makes a slider answer quickly (``_update``, timed per step in ``timings``):
 
 - one draw per change: the layout is computed once, then frozen;
 - blitting where it applies: an axes whose limits, ticks or texts did not move keeps its pixels, and
@@ -26,6 +27,10 @@ What makes a slider answer quickly (``update``, timed per step in ``timings``):
 - a cheap image: JPEG at quality ``JPEG_QUALITY`` without chroma subsampling (4:4:4), ~10x faster to
   encode than a PNG of the same figure; at this quality text and thin coloured lines stay crisp (compared
   side by side with the PNG at 2x zoom). The static copy for readers without a kernel is a lossless PNG;
+- the next step drawn ahead: while a page shows the explorer, the kernel draws the pictures one slider
+  step away and sends them to the page, which shows such a step at once, without a round trip
+  (``qlearn.widgets.frames``); drawn ahead at idle, one frame per turn of the event loop, so a real
+  change waits for at most one frame;
 - a fast drag shows the newest value, not a queue of stale frames. The browser side of ipywidgets
   already keeps one message per widget in flight and sends only the newest value after it; on the
   kernel side, a change from the browser that arrives within ``THROTTLE_S`` of the last redraw (a drag,
@@ -51,7 +56,6 @@ import io
 import os
 import time
 import traceback
-import weakref
 from typing import Any
 
 import ipywidgets as widgets
@@ -60,11 +64,14 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from qlearn.widgets.controls import format_table, format_value
+from qlearn.widgets.frames import DRAW_AHEAD, FrameCache, FrameView, control_key, neighbour_states, state_key
+from qlearn.widgets.limits import limits_restore, limits_snapshot
 from qlearn.widgets.text_cache import canvas_class
 
 JPEG_QUALITY = 95  # with subsampling=0 (full-resolution colour): no visible ringing around text or lines
 THROTTLE_S = 0.03  # a browser change this soon after the last redraw waits, collapsed with the ones behind it
-LIMIT_FILL = 0.6  # set_limits keeps an axes' limits while the data still spans this fraction of them
+DRAG_GAP_S, DRAG_HOLD_S = 0.3, 0.25  # changes this close are a drag: draw nothing ahead until it has rested this long
 
 # Text sizes in points for a figure shown ``width_px`` pixels wide; a 12-inch figure shown at 1100 px
 # gives 1 pt = 1.27 px, so 10.5 pt legend text is ~13 px on screen (the old 7 pt at 80 dpi: ~7 px).
@@ -109,9 +116,11 @@ class Explorer(widgets.VBox):
         self.redraws = 0
         self.last_render_seconds = 0.0
         self.timings: dict[str, float] = {}  # seconds of the last update: compute, draw, encode, send, total
+        self.last_update_held = False
         self._pending = False  # a browser change waits for the throttled redraw
         self._timer: Any = None
         self._last_update_end = 0.0
+        self._last_change = -1.0  # perf_counter() of the last _update
         self._background: Any = None  # the picture without what the last change touched (see _draw)
         self._background_key: Any = None
         self._background_control: Any = None
@@ -128,13 +137,22 @@ class Explorer(widgets.VBox):
             self.build(self.fig)
         self._layout_done = False
         self._rgb = np.zeros((1, 1, 3), np.uint8)  # the current picture, (H, W, 3) uint8
-        self.image = widgets.Image(format="jpeg", layout=widgets.Layout(width="100%", max_width=f"{DISPLAY['width_px']}px"))
-        self.readout = widgets.HTML(layout=widgets.Layout(min_height="2em"))
+        self._rgb_key: str | None = None  # the state _rgb shows, and the one the figure's artists hold
+        self._figure_key: str | None = None
+        self._frames = FrameCache()  # drawn frames, kept while a page shows the explorer
+        self._live = False  # a page shows it (its view said "ready"): draw ahead
+        self._ahead: list[tuple[str, str, Any]] = []  # (key, control, value) still to draw ahead
+        self._sent: set[str] = set()  # keys the page was sent since its view appeared
+        self._parts: list[Any] = []  # control_key of every control at the last update
+        self._moved: tuple[str | None, int] = (None, 1)  # the control moved last, and which way
+        self.image = FrameView(list(controls.values()),
+                               layout=widgets.Layout(width="100%", max_width=f"{DISPLAY['width_px']}px"))
+        self.image.on_ready(self._view_ready)
         self.title = widgets.HTML(f"<h3 style='margin:4px 0'>{html.escape(title or self.title_text)}</h3>")
         box = widgets.HBox(
             list(controls.values()), layout=widgets.Layout(flex_flow="row wrap", align_items="center")
         )
-        super().__init__([self.title, box, self.image, self.readout])
+        super().__init__([self.title, box, self.image])
         for control in controls.values():
             control.observe(self._on_change, names="value")
         self.update()
@@ -169,7 +187,7 @@ class Explorer(widgets.VBox):
         loop = _running_loop() if from_browser else None
         if loop is None:  # Python code or a test set the value: redraw now, synchronously
             self._cancel_timer()
-            self.update()
+            self._update()
             return
         self._pending = True
         if self._timer is not None:
@@ -189,32 +207,120 @@ class Explorer(widgets.VBox):
     def _flush(self) -> None:
         self._cancel_timer()
         try:
-            self.update()
+            self._update()
         except Exception:  # a callback of the event loop: show the error where the learner looks
-            self.readout.value = f"<pre style='color:#b00'>{html.escape(traceback.format_exc())}</pre>"
+            error = f"<pre style='color:#b00'>{html.escape(traceback.format_exc())}</pre>"
+            self._frames.clear()
+            self._sent = set()
+            self.image.show("error", self.image.value, error, new_generation=True)
             raise
 
     def update(self) -> None:
-        """Recompute, redraw the figure in place and refresh the readout."""
+        """Recompute and redraw for the current control values, after a change the controls do not show.
+
+        (New data, another run.) Frames drawn before are dropped, here and in the page.
+        """
+        self._frames.clear()
+        self._sent, self._ahead = set(), []  # the page drops its frames too (a new generation)
+        self._update(new_generation=True)
+
+    def _update(self, *, new_generation: bool = False) -> None:
+        """Recompute, redraw the figure in place and refresh the readout (a frame drawn ahead if there is one)."""
         t0 = time.perf_counter()
         self._pending = False
-        with mpl.rc_context(self._rc):
-            self._numbers = self.render(**self.values)
-            t1 = time.perf_counter()
-            rgb = self._draw()
-        t2 = time.perf_counter()
-        buf = io.BytesIO()
-        self._rgb = rgb.copy()  # the canvas is drawn over by the next change (and by savefig)
-        Image.fromarray(self._rgb).save(buf, format="jpeg", quality=JPEG_QUALITY, subsampling=0)
-        jpeg = buf.getvalue()
-        t3 = time.perf_counter()
-        self.readout.value = format_table(self._numbers)
-        self.image.value = jpeg  # sent to the browser now (a binary buffer, no base64)
+        parts = [control_key(c) for c in self.controls.values()]
+        key = state_key(parts)
+        self._note_move(parts)
+        held = self._frames.get(key) if self._live else None
+        self.last_update_held = held is not None  # this step's frame had been drawn ahead
+        if held is not None:  # drawn ahead: no computation, no draw
+            jpeg, numbers, readout = held
+            self._numbers = dict(numbers)
+            t1 = t2 = t3 = time.perf_counter()
+        else:
+            with mpl.rc_context(self._rc):
+                self._numbers = self.render(**self.values)
+                t1 = time.perf_counter()
+                rgb = self._draw()
+            t2 = time.perf_counter()
+            self._rgb = rgb.copy()  # the canvas is drawn over by the next change (and by savefig)
+            self._rgb_key = self._figure_key = key
+            jpeg = _jpeg(self._rgb)
+            readout = format_table(self._numbers)
+            t3 = time.perf_counter()
+            if self._live:
+                self._frames.put(key, jpeg, self._numbers, readout)
+            self.redraws += 1
+        self.image.show(key, jpeg, readout, new_generation=new_generation)  # sent now (binary, no base64)
+        self._sent.add(key)
         t4 = time.perf_counter()
-        self.redraws += 1
         self._last_update_end = t4
         self.last_render_seconds = t4 - t0
         self.timings = {"compute": t1 - t0, "draw": t2 - t1, "encode": t3 - t2, "send": t4 - t3, "total": t4 - t0}
+        if self._live:  # a change soon after the last one is part of a drag: let it end before drawing ahead
+            self._plan_ahead(first=True, hold_s=DRAG_HOLD_S if t0 - self._last_change < DRAG_GAP_S else 0.0)
+        self._last_change = t0
+
+    # ------------------------------------------------------------------ drawing the next steps ahead
+    def _note_move(self, parts: list[Any]) -> None:
+        """Remember which control moved since the last update, and which way (to draw its next step first)."""
+        for name, old, new in zip(self.controls, self._parts, parts):
+            if old != new:
+                down = isinstance(old, (int, float)) and isinstance(new, (int, float)) and new < old
+                self._moved = (name, -1 if down else 1)
+                break
+        self._parts = parts
+
+    def _view_ready(self) -> None:
+        """A page shows the explorer: from now on frames are kept and the next steps drawn ahead."""
+        self._live = DRAW_AHEAD.enabled
+        self._sent = {self.image.key}
+        self._plan_ahead(first=False)
+
+    def _plan_ahead(self, *, first: bool, hold_s: float = 0.0) -> None:
+        """The next steps to draw, most likely first; the explorer changed last is served first."""
+        self._ahead = neighbour_states(self.controls, *self._moved)
+        DRAW_AHEAD.want(self, _running_loop(), first=first, hold_s=hold_s)
+
+    def draw_one_ahead(self) -> bool:
+        """Draw (or send) one frame the page may need next; False when there is nothing left to do."""
+        if self._pending or self._timer is not None:
+            return False  # a real change waits: it goes first, and plans the next steps again
+        while self._ahead:
+            key, name, value = self._ahead.pop(0)
+            if key in self._sent:
+                continue
+            held = self._frames.get(key)
+            if held is None:
+                snapshot = limits_snapshot(self.fig)
+                self._figure_key = None  # the figure leaves the current state (_current_figure brings it back)
+                changed, self._changed_control = self._changed_control, self.controls[name]
+                try:
+                    with mpl.rc_context(self._rc):
+                        numbers = self.render(**{**self.values, name: value})
+                        rgb = self._draw()  # as a real step of that control is drawn: blitted where it applies
+                    held = (_jpeg(rgb), numbers, format_table(numbers))
+                finally:
+                    limits_restore(snapshot)  # as if drawn from the current state, like a real step
+                    self._changed_control = changed
+                self._frames.put(key, *held)
+            jpeg, _, readout = held
+            self.image.push(key, jpeg, readout)
+            self._sent.add(key)
+            return True
+        return False
+
+    def _current_figure(self) -> None:
+        """Bring the figure (and ``_rgb``) back to the controls' values if a frame drawn ahead or held changed it."""
+        key = state_key([control_key(c) for c in self.controls.values()])
+        if self._rgb_key == key and self._figure_key == key:
+            return
+        with mpl.rc_context(self._rc):
+            self.render(**self.values)
+            self.fig.canvas.draw()
+        self._rgb = np.asarray(self.fig.canvas.buffer_rgba())[..., :3].copy()
+        self._rgb_key = self._figure_key = key
+        self._background, self._background_key, self._last_key = None, None, None
 
     def _draw(self) -> np.ndarray:
         """Draw what changed over a saved background; (H, W, 3) uint8 RGB, a view of the canvas.
@@ -333,49 +439,22 @@ class Explorer(widgets.VBox):
 
     def png(self) -> bytes:
         """The current picture as a lossless PNG (what the static copy in the notebook holds)."""
+        self._current_figure()
         buf = io.BytesIO()
         Image.fromarray(self._rgb).save(buf, format="png", optimize=False)
         return buf.getvalue()
 
     def save(self, path: str) -> None:
         """Write the current figure to ``path`` (PNG/SVG/PDF by extension)."""
+        self._current_figure()
         self.fig.savefig(path, dpi=110)
 
 
-_HELD_LIMITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # axes -> {"x"/"y": limits set_limits set}
-
-
-def set_limits(ax: Any, axis: str, lo: float, hi: float, *, fill: float = LIMIT_FILL) -> None:
-    """Show at least ``[lo, hi]`` on ``ax``'s ``axis`` ("x" or "y"), keeping the shown limits while they fit.
-
-    The shown limits are kept while they contain ``[lo, hi]`` and ``[lo, hi]`` fills at least ``fill`` of
-    them (in log units on a log axis); a small step beyond them grows them just enough (so the step back
-    keeps them); otherwise they become exactly ``(lo, hi)``. An explorer's first
-    picture (its default state, the committed figure) is therefore the same as with ``set_xlim``/``set_ylim``;
-    a slider step that changes the data only a little leaves the axes, its ticks and labels as they were,
-    so only the data artists are redrawn over the saved background (``Explorer._draw``): about a tenth of
-    the cost of redrawing the axes. A large change still rescales the axes, as the lesson asks.
-    """
-    if axis not in ("x", "y"):
-        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
-    get, put = (ax.get_xlim, ax.set_xlim) if axis == "x" else (ax.get_ylim, ax.set_ylim)
-    scale = ax.get_xscale() if axis == "x" else ax.get_yscale()
-    shown = tuple(get())
-    held = _HELD_LIMITS.setdefault(ax, {})
-    held_before = held.get(axis) == shown  # only limits this function set are kept (never build's or autoscale's)
-    held_before = held_before and bool(np.isfinite(lo) and np.isfinite(hi) and lo < hi)  # else as set_xlim would
-    if held_before and scale == "log":
-        held_before = min(lo, *shown) > 0
-    if held_before:
-        log = scale == "log"  # compare spans in the axis' own units
-        (a, b), (c, d) = sorted(np.log10(shown) if log else shown), ((np.log10(lo), np.log10(hi)) if log else (lo, hi))
-        if a <= c and d <= b and (d - c) >= fill * (b - a):
-            return  # the shown limits still fit: keep them
-        u, v = min(a, c), max(b, d)  # the shown limits grown just enough to hold the data
-        if (d - c) >= fill * (v - u):  # a small step out: grow, so that stepping back keeps them
-            lo, hi = (10.0**u, 10.0**v) if log else (u, v)
-    put(lo, hi)
-    held[axis] = tuple(get())
+def _jpeg(rgb: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 -> JPEG at JPEG_QUALITY, full-resolution colour (4:4:4)."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="jpeg", quality=JPEG_QUALITY, subsampling=0)
+    return buf.getvalue()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -384,39 +463,3 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def format_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:d}"
-    if isinstance(v, float):
-        if v != v or v in (float("inf"), float("-inf")):
-            return str(v)
-        return f"{v:.4g}" if (abs(v) >= 1e-3 or v == 0) else f"{v:.3e}"
-    return html.escape(str(v))
-
-
-def format_table(numbers: dict[str, Any]) -> str:
-    """A compact two-column HTML table of name -> value (learner-readable, monospace numbers)."""
-    cells = "".join(
-        f"<tr><td style='padding:1px 10px 1px 0'>{html.escape(k)}</td>"
-        f"<td style='font-family:monospace;text-align:right'>{format_value(v)}</td></tr>"
-        for k, v in numbers.items()
-    )
-    return f"<table style='font-size:13px'>{cells}</table>"
-
-
-def slider(description: str, value: float, lo: float, hi: float, step: float, **kw: Any) -> widgets.FloatSlider:
-    """A FloatSlider with a readable label width (the shared look of every explorer)."""
-    return widgets.FloatSlider(
-        value=value, min=lo, max=hi, step=step, description=description,
-        style={"description_width": "initial"}, continuous_update=kw.pop("continuous_update", True), **kw,
-    )
-
-
-def int_slider(description: str, value: int, lo: int, hi: int, **kw: Any) -> widgets.IntSlider:
-    return widgets.IntSlider(
-        value=value, min=lo, max=hi, description=description, style={"description_width": "initial"}, **kw
-    )

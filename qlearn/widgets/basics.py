@@ -22,7 +22,9 @@ from qlearn.lessons.error_analysis import BITS, ERROR_METHODS, clipping_curves, 
 from qlearn.lessons.quantize_dequantize import grid_values, quantize_report
 from qlearn.qparams import qparams_from_range
 from qlearn.quantize import fake_quantize
-from qlearn.widgets.base import Explorer, int_slider, set_limits
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.controls import int_slider
+from qlearn.widgets.limits import set_limits
 
 GRID_COLOR = "#d62728"
 CLIP_COLOR = "#ff7f0e"

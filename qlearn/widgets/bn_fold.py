@@ -27,7 +27,9 @@ from qlearn.lessons.lesson_model import LessonModel, check_lesson, lesson_model
 from qlearn.lessons.per_channel import compare_schemes, widest_spread_layer
 from qlearn.quantize import fake_quantize
 from qlearn.ranges import weight_qparams
-from qlearn.widgets.base import Explorer, int_slider, set_limits, slider
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.controls import int_slider, slider
+from qlearn.widgets.limits import set_limits
 from qlearn.widgets.per_channel import CHANNEL_COLOR, TENSOR_COLOR
 
 __all__ = [

@@ -23,7 +23,8 @@ from qlearn.lessons.deploy import (
     largest_difference,
     shipped_layer_codes,
 )
-from qlearn.widgets.base import Explorer, int_slider
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.controls import int_slider
 
 __all__ = ["DeployLayerExplorer", "engines_explorer", "ENGINE_COLORS"]
 

@@ -23,7 +23,9 @@ from qlearn.lessons.formats_granularity import (
     weight_bytes,
 )
 from qlearn.lessons.lesson_model import LessonModel, check_lesson, lesson_model
-from qlearn.widgets.base import Explorer, int_slider, set_limits, slider
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.controls import int_slider, slider
+from qlearn.widgets.limits import set_limits
 
 __all__ = ["GroupSizeExplorer", "group_size_explorer", "MixedPrecisionExplorer", "mixed_precision_explorer"]
 

@@ -13,7 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from qlearn.lessons.imagenet_efficientnet import layer_channels, quick_study
-from qlearn.widgets.base import Explorer, int_slider
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.controls import int_slider
 
 __all__ = ["RangesExplorer", "VariantsExplorer", "CLEExplorer", "IntegerExplorer"]
 

@@ -26,7 +26,9 @@ from qlearn.lessons.integer_inference import (
     split_multiplier,
 )
 from qlearn.lessons.pair_saturation import PairSaturation
-from qlearn.widgets.base import Explorer, int_slider, set_limits
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.controls import int_slider
+from qlearn.widgets.limits import set_limits
 
 __all__ = [
     "pair_saturation_figure",

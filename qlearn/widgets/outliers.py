@@ -23,7 +23,9 @@ from qlearn.lessons.outliers_ranges import (
     range_rule_curves,
     view_methods,
 )
-from qlearn.widgets.base import Explorer, int_slider, set_limits
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.controls import int_slider
+from qlearn.widgets.limits import set_limits
 
 __all__ = [
     "METHOD_COLORS",

@@ -25,7 +25,9 @@ from qlearn.lessons.per_channel import (
     weight_bits_curves,
     widest_spread_layer,
 )
-from qlearn.widgets.base import Explorer, int_slider, set_limits
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.controls import int_slider
+from qlearn.widgets.limits import set_limits
 
 __all__ = [
     "SeedChannelsExplorer",

@@ -41,7 +41,9 @@ from qlearn.models import MODELS
 from qlearn.pipeline.config import PipelineConfig
 from qlearn.pipeline.drawing import figure_accuracy_vs_bits, figure_logits, figure_weight_ranges
 from qlearn.pipeline.runs import PipelineRun
-from qlearn.widgets.base import Explorer, int_slider, set_limits
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.controls import int_slider
+from qlearn.widgets.limits import set_limits
 
 __all__ = [
     "show_figure",

@@ -25,7 +25,9 @@ from qlearn.lessons.qat import (
     ste_curve,
 )
 from qlearn.qparams import qparams_from_range
-from qlearn.widgets.base import Explorer, int_slider, set_limits, slider
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.controls import int_slider, slider
+from qlearn.widgets.limits import set_limits
 
 __all__ = ["STEExplorer", "ste_explorer", "EMAExplorer", "ema_explorer", "PTQvsQATExplorer", "ptq_vs_qat_explorer"]
 

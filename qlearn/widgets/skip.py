@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 
 from qlearn.lessons.skip_connections import RATIO_GRID, AddExperiment, add_experiment, concat_experiment, ratio_sweep
 from qlearn.quantize import dequantize
-from qlearn.widgets.base import Explorer, set_limits
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.limits import set_limits
 
 __all__ = [
     "IntegerAddExplorer",

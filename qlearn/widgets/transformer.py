@@ -36,7 +36,8 @@ from qlearn.lessons.transformer import (
     with_outlier,
 )
 from qlearn.transformer import TransformerModel, transformer_model
-from qlearn.widgets.base import Explorer, slider
+from qlearn.widgets.base import Explorer
+from qlearn.widgets.controls import slider
 
 __all__ = ["GranularityExplorer", "granularity_explorer", "OutlierExplorer", "outlier_explorer",
            "SmoothQuantExplorer", "smoothquant_explorer"]

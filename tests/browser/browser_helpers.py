@@ -454,6 +454,46 @@ def move_first_slider(page: Any, *, page_errors: list[str], busy: Any = None,
     return check, handle
 
 
+# ----------------------------------------------------------------------------- frames drawn ahead
+# One arrow key on a slider handle of an explorer (qlearn.widgets.frames): were the new picture and its
+# numbers on the page before the key's event handler returned, i.e. taken from the frames the kernel
+# drew ahead, with no round trip? (Only a hit can change them that fast.)
+STEP_FROM_PAGE_JS = r"""
+(handle, key) => {
+  const view = handle.closest('.widget-vbox').querySelector('[data-frames]');
+  const img = view.querySelector('img.qlearn-frame'), table = view.querySelector('.qlearn-readout');
+  const before = [img.getAttribute('src'), table.innerHTML];
+  handle.dispatchEvent(new KeyboardEvent('keydown', {key: key, bubbles: true, cancelable: true}));
+  return {picture: img.getAttribute('src') !== before[0], numbers: table.innerHTML !== before[1],
+          frames: Number(view.dataset.frames)};
+}
+"""
+FRAMES_HELD_JS = "(h) => Number(h.closest('.widget-vbox').querySelector('[data-frames]').dataset.frames)"
+
+
+def frames_settled(handle: Any, quiet_s: float = 1.5, timeout_s: float = 60.0) -> int:
+    """Wait until the page's count of frames held for this handle's explorer stops growing."""
+    deadline, last, since = time.monotonic() + timeout_s, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = handle.evaluate(FRAMES_HELD_JS)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif n >= 3 and time.monotonic() - since >= quiet_s:
+            return n
+        time.sleep(0.1)
+    raise AssertionError(f"the page holds {last} frames after {timeout_s:.0f} s: nothing was drawn ahead")
+
+
+def step_from_page(handle: Any, what: str) -> None:
+    """One step of this slider (right, or left at its end) must be shown by the page from its frames."""
+    frames_settled(handle)
+    at_max = handle.get_attribute("aria-valuenow") == handle.get_attribute("aria-valuemax")
+    out = handle.evaluate(STEP_FROM_PAGE_JS, "ArrowLeft" if at_max else "ArrowRight")
+    assert out["picture"] and out["numbers"], (
+        f"{what}: one step was not shown from the frames drawn ahead ({out['frames']} held): "
+        "the page and the kernel disagree on the key")
+
+
 # ----------------------------------------------------------------------------- JupyterLab
 LAB_RUN_FINISHED_JS = r"""
 () => {

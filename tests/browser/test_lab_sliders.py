@@ -94,3 +94,31 @@ def test_the_check_reports_a_slider_that_changes_nothing(lab, lab_root):
     assert "numbers next to the slider did not change" in problems
     assert "plot image did not change" in problems
     assert "deliberate error for the self-test" in problems
+
+
+# ----------------------------------------------------------------------------- steps drawn ahead
+AHEAD_CELLS = [
+    "import numpy as np\nfrom qlearn.widgets import clipping_explorer, quantize_explorer\n"
+    "quantize_explorer(np.random.default_rng(0).standard_normal(20_000))",
+    "clipping_explorer(n=20_000)",
+]
+
+
+def test_a_step_drawn_ahead_is_shown_by_the_page_itself(lab, lab_root):
+    """Int, float-range and log sliders: the page and the kernel agree on the keys of the frames drawn ahead."""
+    server, page = lab
+    nb = {
+        "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": s}
+                  for s in AHEAD_CELLS],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    (lab_root / "selftest" / "drawn_ahead.ipynb").write_text(json.dumps(nb))
+    open_and_run(page, server, "selftest/drawn_ahead.ipynb")
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    # (cell, slider index, what it is): quantize's bits (IntSlider) and range (FloatRangeSlider, low
+    # handle), clipping's clip range (FloatLogSlider with a minimum off its step grid)
+    for cell, index, what in ((0, 0, "IntSlider"), (0, 1, "FloatRangeSlider"), (1, 1, "FloatLogSlider")):
+        slider = cells.nth(cell).locator(".jp-OutputArea .widget-slider").nth(index)
+        bh.step_from_page(slider.locator(".noUi-handle").first, what)
+    assert not bh.tracebacks_on_page(page)

@@ -3,8 +3,9 @@
 For the first two lesson notebooks: start the documented command (Voila) on a free port, load the
 page (one retry: Voila can hang on a first load), check that no code is shown, move the first
 slider with the keyboard and check that the numbers and the plot changed, with no page error and
-no Python traceback. Screenshot: test-artifacts/lecture-NN_name.png. The server is stopped by its
-process-group id whatever happens (after the failure screenshot, if any).
+no Python traceback; then one more step must be shown by the page from the frames drawn ahead.
+Screenshot: test-artifacts/lecture-NN_name.png. The server is stopped by its process-group id
+whatever happens (after the failure screenshot, if any).
 """
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def test_first_slider_updates_numbers_and_plot_in_lecture_mode(lecture_server, p
     bh.screenshot(page, f"lecture-{path.stem}", element=cell)
     problems = check.problems()
     assert not problems, f"{path.name} in lecture mode (page loads: {attempts}):\n- " + "\n- ".join(problems)
+    bh.step_from_page(handle, f"{path.name} in lecture mode")  # Voila gets the frames drawn ahead too
 
 
 class FlakyPage:
