@@ -199,6 +199,7 @@ class _Drawer:
 
 def test_draw_ahead_draws_one_frame_per_turn_the_last_changed_first_and_waits_out_a_drag():
     import asyncio
+    import threading
 
     from qlearn.widgets.frames import DrawAhead
 
@@ -217,7 +218,12 @@ def test_draw_ahead_draws_one_frame_per_turn_the_last_changed_first_and_waits_ou
                 break
         return log, turns, t0
 
-    log, turns, t0 = asyncio.run(scenario())
+    # a loop of its own, in a thread of its own: an earlier test may have left this thread's loop running
+    out = []
+    worker = threading.Thread(target=lambda: out.append(asyncio.run(scenario())))
+    worker.start()
+    worker.join(timeout=30)
+    log, turns, t0 = out[0]
     assert [name for name, _ in log] == ["changed", "changed", "shown", "shown", "shown"]
     assert log[0][1] - t0 >= 0.2 - 1e-3
     assert max(b - a for a, b in zip(turns, turns[1:])) <= 1  # never two frames without the loop running
@@ -231,3 +237,21 @@ def test_draw_ahead_does_nothing_when_switched_off_or_without_a_loop():
     queue.enabled = False
     queue.want(object(), object(), first=True)
     assert queue.waiting == []
+
+
+def test_an_error_in_a_step_is_shown_where_the_numbers_are_and_drops_the_frames(small_x, monkeypatch):
+    ex = quantize_explorer(small_x, bits=4)
+    _draw_everything_ahead(ex)
+    generation = ex.image.generation
+
+    def broken(**values):
+        raise RuntimeError("a deliberate error")
+
+    monkeypatch.setattr(ex, "render", broken)
+    bits = ex.controls["bits"]
+    bits.unobserve(ex._on_change, names="value")  # the page changed it; the event loop will call _flush
+    bits.value = 2  # not drawn ahead: the explorer must render, and fails
+    with pytest.raises(RuntimeError):
+        ex._flush()  # what the event loop calls for a change from the page
+    assert "a deliberate error" in ex.image.readout and ex.image.key == "error"
+    assert ex.image.generation == generation + 1 and len(ex._frames) == 0

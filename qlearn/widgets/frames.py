@@ -1,12 +1,14 @@
 """An explorer's picture and numbers in the page, with the frames of the next slider steps drawn ahead.
 
-A slider step costs the kernel a computation, a draw and a JPEG encoding (``Explorer.update``), and
+A slider step costs the kernel a computation, a draw and a JPEG encoding (``Explorer._update``), and
 the page a round trip through the widget protocol and a decode: together 100-300 ms on a 2-core
 laptop, most of it the round trip and the draw. A learner mostly steps a slider one notch at a time,
-back and forth. So while the learner looks at a picture, the kernel draws the pictures one step away
-on every slider (``neighbour_states``) and sends them to the page, where ``FrameView`` keeps them; a
-step the page already holds is shown at once, in the page, without waiting for the kernel. A step
-it does not hold (a jump, a drag faster than the kernel) takes the ordinary path.
+back and forth. So while the learner looks at a picture, the kernel draws the pictures one change
+away -- a step on every slider, the other options of every dropdown and switch (``neighbour_states``)
+-- and sends them to the page, where ``FrameView`` keeps them; a step the page already holds is shown
+at once, in the page, without waiting for the kernel. A step it does not hold (a jump, a drag faster
+than the kernel) takes the ordinary path. ``DrawAhead`` is the one queue that does this drawing for
+every explorer of the kernel, in idle time.
 
 ``FrameView`` is a small anywidget (its JavaScript is ``ESM`` below, shipped with the package: it
 needs no build step and no network) that shows one <img> and the numbers table under it:
@@ -80,6 +82,7 @@ export default {
 
     const frames = new Map();  // key -> {url, readout}, least recently shown first
     let shown = null, generation = model.get("generation"), controls = [];
+    let orphan = null;  // the picture on screen after clear(): let go when the next one replaces it
     const stateKey = () => JSON.stringify(controls.map(controlKey));
 
     function store(key, bytes, readout) {
@@ -107,6 +110,8 @@ export default {
         img.src = f.url;
         table.innerHTML = f.readout;
         shown = key;
+        if (orphan) URL.revokeObjectURL(orphan);
+        orphan = null;
       }
       frames.delete(key);  // most recently shown: evicted last
       frames.set(key, f);
@@ -114,7 +119,10 @@ export default {
       return true;
     }
     function clear() {
-      for (const [k, f] of frames) if (k !== shown) URL.revokeObjectURL(f.url);
+      for (const [k, f] of frames) {
+        if (k === shown) orphan = f.url;
+        else URL.revokeObjectURL(f.url);
+      }
       frames.clear();
       shown = null;
       el.dataset.frames = 0;
@@ -145,6 +153,7 @@ export default {
     return () => {
       for (const c of controls) c.off(null, null, context);
       clear();
+      if (orphan) URL.revokeObjectURL(orphan);
     };
   },
 };
