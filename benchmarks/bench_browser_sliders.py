@@ -86,10 +86,11 @@ def make(name):
     return _logged(name, factory(**kwargs))
 """
 
-# In the page: one key on a slider handle, then wait for the explorer's picture to change and be painted.
+# In the page: one key on a slider handle (or the next/previous option of a dropdown), then wait for the
+# explorer's picture to change and be painted.
 MOVE_JS = r"""
 async (box, [kind, index, key, timeoutMs]) => {
-  const img = box.querySelector('img.widget-image') || box.querySelector('img');
+  const img = box.querySelector('img.qlearn-frame') || box.querySelector('img');  // FrameView's picture
   const handle = kind === 'slider' ? box.querySelectorAll('.widget-slider')[index].querySelector('.noUi-handle') : null;
   const select = kind === 'dropdown' ? box.querySelectorAll('.widget-dropdown select')[index] : null;
   if (!(handle || select) || !img) return {error: 'no control or image'};
@@ -120,7 +121,7 @@ async (box, [kind, index, key, timeoutMs]) => {
 BURST_JS = r"""
 async (box, [index, key, n, gapMs, quietMs]) => {
   const handle = box.querySelectorAll('.widget-slider')[index].querySelector('.noUi-handle');
-  const img = box.querySelector('img.widget-image') || box.querySelector('img');
+  const img = box.querySelector('img.qlearn-frame') || box.querySelector('img');
   let frames = 0, last = performance.now();
   const obs = new MutationObserver(() => { frames += 1; last = performance.now(); });
   obs.observe(img, {attributes: true, attributeFilter: ['src']});
