@@ -184,16 +184,16 @@ def test_without_a_page_nothing_is_drawn_ahead_or_kept(small_x):
 
 # ------------------------------------------------------------------------ one queue for the kernel
 class _Drawer:
-    """Stands in for an explorer: ``n`` frames to draw, each logged with the loop time."""
+    """Stands in for an explorer: ``n`` frames to draw, each logged with the loop time and the loop turn."""
 
-    def __init__(self, name, n, log, loop):
-        self.name, self.n, self.log, self.loop = name, n, log, loop
+    def __init__(self, name, n, log, loop, turn):
+        self.name, self.n, self.log, self.loop, self.turn = name, n, log, loop, turn
 
     def draw_one_ahead(self):
         if not self.n:
             return False
         self.n -= 1
-        self.log.append((self.name, self.loop.time()))
+        self.log.append((self.name, self.loop.time(), self.turn[0]))
         return True
 
 
@@ -205,28 +205,35 @@ def test_draw_ahead_draws_one_frame_per_turn_the_last_changed_first_and_waits_ou
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        queue, log, turns = DrawAhead(delay_s=0.0), [], []
+        turn, log = [0], []
+
+        def tick():  # counts the turns of the event loop: other work the loop does between two frames
+            turn[0] += 1
+            if turn[0] < 100_000:
+                loop.call_soon(tick)
+
+        tick()
+        queue = DrawAhead(delay_s=0.0)
         queue.enabled = True
-        shown, changed = _Drawer("shown", 3, log, loop), _Drawer("changed", 2, log, loop)
+        shown, changed = _Drawer("shown", 3, log, loop, turn), _Drawer("changed", 2, log, loop, turn)
         queue.want(shown, loop, first=False)
         t0 = loop.time()
         queue.want(changed, loop, first=True, hold_s=0.2)  # a drag: nothing for 0.2 s
-        for _ in range(200):  # other work of the event loop between the turns
-            turns.append(len(log))
-            await asyncio.sleep(0.002)
-            if not queue.waiting:
-                break
-        return log, turns, t0
+        while queue.waiting and loop.time() - t0 < 10:
+            await asyncio.sleep(0.01)
+        turn[0] = 100_000  # stop the ticker
+        return log, t0
 
     # a loop of its own, in a thread of its own: an earlier test may have left this thread's loop running
     out = []
     worker = threading.Thread(target=lambda: out.append(asyncio.run(scenario())))
     worker.start()
     worker.join(timeout=30)
-    log, turns, t0 = out[0]
-    assert [name for name, _ in log] == ["changed", "changed", "shown", "shown", "shown"]
+    log, t0 = out[0]
+    assert [name for name, _, _ in log] == ["changed", "changed", "shown", "shown", "shown"]
     assert log[0][1] - t0 >= 0.2 - 1e-3
-    assert max(b - a for a, b in zip(turns, turns[1:])) <= 1  # never two frames without the loop running
+    turns = [t for _, _, t in log]
+    assert all(b > a for a, b in zip(turns, turns[1:])), turns  # never two frames in one turn of the loop
 
 
 def test_draw_ahead_does_nothing_when_switched_off_or_without_a_loop():
