@@ -215,15 +215,9 @@ def _settle(page: Any, quiet_s: float = 3.0, timeout_s: float = 240.0) -> float:
     Returns the seconds waited.
     """
     t0 = time.monotonic()
-    last, since = -1, t0
-    while time.monotonic() - t0 < timeout_s:
-        n = page.evaluate("() => [...document.querySelectorAll('[data-frames]')]"
-                          ".reduce((s, e) => s + Number(e.dataset.frames), 0)")
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            break
-        time.sleep(0.2)
+    bh.steady(lambda: page.evaluate("() => [...document.querySelectorAll('[data-frames]')]"
+                                    ".reduce((s, e) => s + Number(e.dataset.frames), 0)"),
+              quiet_s=quiet_s, timeout_s=timeout_s)
     return time.monotonic() - t0
 
 

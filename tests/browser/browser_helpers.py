@@ -471,17 +471,25 @@ STEP_FROM_PAGE_JS = r"""
 FRAMES_HELD_JS = "(h) => Number(h.closest('.widget-vbox').querySelector('[data-frames]').dataset.frames)"
 
 
+def steady(read: Any, *, quiet_s: float, timeout_s: float, ok: Any = lambda value: True) -> tuple[Any, bool]:
+    """Poll ``read()`` until its value has stayed the same (and ``ok``) for ``quiet_s``: (value, steady)."""
+    deadline, last, since = time.monotonic() + timeout_s, None, time.monotonic()
+    while time.monotonic() < deadline:
+        value = read()
+        if value != last:
+            last, since = value, time.monotonic()
+        elif ok(value) and time.monotonic() - since >= quiet_s:
+            return value, True
+        time.sleep(0.1)
+    return last, False
+
+
 def frames_settled(handle: Any, quiet_s: float = 1.5, timeout_s: float = 60.0) -> int:
     """Wait until the page's count of frames held for this handle's explorer stops growing."""
-    deadline, last, since = time.monotonic() + timeout_s, -1, time.monotonic()
-    while time.monotonic() < deadline:
-        n = handle.evaluate(FRAMES_HELD_JS)
-        if n != last:
-            last, since = n, time.monotonic()
-        elif n >= 3 and time.monotonic() - since >= quiet_s:
-            return n
-        time.sleep(0.1)
-    raise AssertionError(f"the page holds {last} frames after {timeout_s:.0f} s: nothing was drawn ahead")
+    n, ok = steady(lambda: handle.evaluate(FRAMES_HELD_JS), quiet_s=quiet_s, timeout_s=timeout_s, ok=lambda n: n >= 3)
+    if not ok:
+        raise AssertionError(f"the page holds {n} frames after {timeout_s:.0f} s: nothing was drawn ahead")
+    return n
 
 
 def step_from_page(handle: Any, what: str) -> None:
